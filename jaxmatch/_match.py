@@ -1,0 +1,389 @@
+"""The batched, differentiable entry point: match N science exposures to a reference.
+
+Data flow for one exposure (docs/algorithm.md), then ``vmap`` over the batch:
+
+    diff = ref - sci  →  fit grid (cell statistic, error, weight)
+      →  design matrix (Chebyshev or cardinal spline, separable)
+      →  guarded weighted QR solve  →  model image (separable)
+      →  matched = sci + model, and the diagnostics.
+
+Everything that changes shapes or code paths comes from the static config; the
+spline roughness λ is an array argument, so it can be differentiated and changed
+without recompiling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from ._binning import bin_edges, cell_centres, cell_edges, grid_statistics
+from ._chebyshev import term_mask
+from ._config import MatchBackgroundsConfig
+from ._diagnostics import diff_im_var, fit_rms, matched_mse
+from ._exposure import Exposure
+from ._model import BackgroundModel, Basis
+from ._solve import solve_least_squares
+from ._spline import DEGREE, MIN_POINTS, difference_matrix, knots, max_style
+
+# Status codes (docs/algorithm.md §9), returned per exposure from inside jit.
+SUCCESS, NO_OVERLAP, UNDERSAMPLED, NONFINITE = 0, 1, 2, 3
+STATUS_MESSAGES = {
+    SUCCESS: "success",
+    NO_OVERLAP: "no usable bin: no overlap with the reference (every pixel masked or NaN)",
+    UNDERSAMPLED: "too few usable bins for the requested order (undersampleStyle)",
+    NONFINITE: "the fit gave a non-finite model",
+}
+# λ_floor: fills missing bins smoothly in the spline fit (§6).
+SPLINE_ROUGHNESS_FLOOR = 1e-6
+# ε = RIDGE_PER_CELL · (valid cells): the rank guard of the solve (§6).
+RIDGE_PER_CELL = 1e-10
+
+
+class MatchResult(eqx.Module):
+    """Results of `match` for N science exposures (leading axis N on every array).
+
+    - ``model``: the `BackgroundModel` (coefficients ``(N, ky, kx)``).
+    - ``matched``: ``sci.image + model`` ``(N, H, W)``; the unchanged science
+      image where the fit failed.
+    - ``fitRMS``, ``matchedMSE``, ``diffImVar``: LSST's diagnostics ``(N,)``.
+    - ``status``: ``(N,)`` codes (0 success; see `STATUS_MESSAGES`); a failed
+      exposure has NaN coefficients and diagnostics.
+    - ``grid_values``, ``grid_errors``, ``grid_weights``: the fitted bin grid
+      ``(N, ny, nx)`` (values and errors NaN where a bin is not valid; weights
+      normalised to mean 1 over valid bins).
+    - ``effective_order``: ``(N, 2)`` Chebyshev orders (y, x) actually used
+      (after REDUCE_INTERP_ORDER); ``-1`` for the spline.
+    - ``min_sampled``: ``(N,)`` smaller number of distinct bin rows/columns with a
+      valid bin (``m`` of the undersampling rule).
+    - ``bin_size``: ``(N,)`` bin size used (differs from ``binSize`` after
+      INCREASE_NXNYSAMPLE).
+    """
+
+    model: BackgroundModel
+    matched: Float[Array, "N H W"]
+    fitRMS: Float[Array, " N"]
+    matchedMSE: Float[Array, " N"]
+    diffImVar: Float[Array, " N"]
+    status: Int[Array, " N"]
+    grid_values: Float[Array, "N ny nx"]
+    grid_errors: Float[Array, "N ny nx"]
+    grid_weights: Float[Array, "N ny nx"]
+    effective_order: Int[Array, "N 2"]
+    min_sampled: Int[Array, " N"]
+    bin_size: Int[Array, " N"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Static layout of one fit: grids, basis and penalty (shapes only)."""
+
+    fit_y: tuple[np.ndarray, np.ndarray]
+    fit_x: tuple[np.ndarray, np.ndarray]
+    diag_y: tuple[np.ndarray, np.ndarray]
+    diag_x: tuple[np.ndarray, np.ndarray]
+    basis: Basis
+
+
+def _orders(config: MatchBackgroundsConfig) -> tuple[int, int]:
+    """Chebyshev orders (y, x)."""
+    return (config.order if config.orderY is None else config.orderY), config.order
+
+
+def plan_fit(config: MatchBackgroundsConfig, shape: tuple[int, int], bin_size: int) -> _Plan:
+    """Check the static (shape-only) conditions and lay out the fit.
+
+    Raises `ValueError` as LSST does: on the polynomial path when the short side is
+    below ``binSize`` or the order exceeds ``ceil(side / binSize) - 1``; on the
+    spline path when an axis has too few bins for ``interpStyle`` and
+    ``undersampleStyle`` is not ``REDUCE_INTERP_ORDER``.
+    """
+    h, w = shape
+    fit_y, fit_x = cell_edges(h, bin_size), cell_edges(w, bin_size)
+    diag_y, diag_x = bin_edges(h, bin_size), bin_edges(w, bin_size)
+    if config.usePolynomial:
+        order_y, order_x = _orders(config)
+        for side, order, axis in ((h, order_y, "y"), (w, order_x, "x")):
+            if config.chebyshevTerms == "TOTAL":
+                side, order, axis = min(h, w), config.order, "short side"
+            if side < bin_size:
+                raise ValueError(
+                    f"image {axis} of {side} pixels is smaller than binSize={bin_size}; "
+                    "use a smaller binSize"
+                )
+            npoints = math.ceil(side / bin_size)
+            if order > npoints - 1:
+                raise ValueError(
+                    f"order={order} > npoints - 1 = {npoints - 1} bins along the {axis} "
+                    f"({side} pixels, binSize={bin_size}); lower the order or the binSize"
+                )
+        basis = Basis("CHEBYSHEV", (h, w), order_y=order_y, order_x=order_x)
+    else:
+        ky = knots(cell_centres(*fit_y), config.splineKnotSpacing)
+        kx = knots(cell_centres(*fit_x), config.splineKnotSpacing)
+        style = config.interpStyle
+        fewest = min(len(ky), len(kx))
+        if fewest < MIN_POINTS[style]:
+            if config.undersampleStyle != "REDUCE_INTERP_ORDER":
+                raise ValueError(
+                    f"{len(ky)} x {len(kx)} spline knots are too few for interpStyle={style} "
+                    f"(needs {MIN_POINTS[style]} per axis) with undersampleStyle="
+                    f"{config.undersampleStyle}; use a smaller binSize or REDUCE_INTERP_ORDER"
+                )
+            style = max_style(fewest)
+        basis = Basis(
+            "SPLINE", (h, w), style=style, knots_y=tuple(map(float, ky)), knots_x=tuple(map(float, kx))
+        )
+    return _Plan(fit_y, fit_x, diag_y, diag_x, basis)
+
+
+def _active_terms(config, valid):
+    """Active Chebyshev terms after the undersampling rule, and the status flag.
+
+    Returns ``(active (ky, kx) bool, undersampled bool, order_y_eff, order_x_eff, m)``.
+    """
+    order_y, order_x = _orders(config)
+    mx = jnp.sum(jnp.any(valid, axis=0))
+    my = jnp.sum(jnp.any(valid, axis=1))
+    m = jnp.minimum(mx, my)
+    reduce = config.undersampleStyle == "REDUCE_INTERP_ORDER"
+    if config.chebyshevTerms == "TOTAL":
+        under = m <= config.order
+        eff = jnp.where(under & reduce, m - 1, config.order)
+        eff_y = eff_x = eff
+    else:
+        under = (mx <= order_x) | (my <= order_y)
+        eff_x = jnp.where(reduce, jnp.minimum(order_x, mx - 1), order_x)
+        eff_y = jnp.where(reduce, jnp.minimum(order_y, my - 1), order_y)
+    p = jnp.arange(order_y + 1)[:, None]
+    q = jnp.arange(order_x + 1)[None, :]
+    base = jnp.asarray(term_mask(order_y, order_x, config.chebyshevTerms))
+    if config.chebyshevTerms == "TOTAL":
+        active = base & (p + q <= eff)
+    else:
+        active = base & (p <= eff_y) & (q <= eff_x)
+    return active, under & (not reduce), eff_y, eff_x, m
+
+
+def _match_one(ref, sci, roughness, bits_ref, bits_sci, config, plan):
+    """Match one science exposure (single ``Exposure``) to the reference."""
+    dtype = sci.image.dtype
+    diff = ref.image - sci.image
+    diff_var = ref.variance + sci.variance
+    usable = ((ref.mask & bits_ref) == 0) & ((sci.mask & bits_sci) == 0) & jnp.isfinite(diff)
+    stat = (config.gridStatistic, config.numSigmaClip, config.numIter)
+
+    # Bin grid: value, error e = max(s, eps)/sqrt(m), weight (§3, §4).
+    value, s, m, n = grid_statistics(diff, usable, plan.fit_y, plan.fit_x, *stat)
+    valid = n >= 2
+    eps = config.gridStdevEpsilon
+    m_safe = jnp.where(valid, m, 1).astype(dtype)
+    s_safe = jnp.where(valid, s, 1.0)
+    err = jnp.maximum(s_safe, eps) / jnp.sqrt(m_safe)
+    weighted = config.approxWeighting & jnp.any(valid & (err > eps))
+    sqrt_w = jnp.where(valid, jnp.where(weighted, 1.0 / err, 1.0), 0.0).astype(dtype)
+    n_valid = jnp.sum(valid)
+    mean_w = jnp.sum(sqrt_w * sqrt_w) / jnp.maximum(n_valid, 1)
+    sqrt_w = sqrt_w / jnp.sqrt(jnp.where(n_valid > 0, mean_w, 1.0))
+    z = jnp.where(valid, value, 0.0)
+
+    # Design matrix B[(a, b), (p, q)] = Y_p(c_a) X_q(c_b), and the penalty (§5, §6).
+    basis = plan.basis
+    cy = jnp.asarray(cell_centres(*plan.fit_y), dtype=dtype)
+    cx = jnp.asarray(cell_centres(*plan.fit_x), dtype=dtype)
+    by, bx = basis.matrix_y(cy), basis.matrix_x(cx)
+    ky, kx = basis.coefficient_shape
+    design = jnp.einsum("ap,bq->abpq", by, bx).reshape(-1, ky * kx)
+    if basis.kind == "CHEBYSHEV":
+        active, under, eff_y, eff_x, m_min = _active_terms(config, valid)
+        penalty = jnp.zeros((0, ky * kx), dtype=dtype)
+        sqrt_mu = jnp.zeros((), dtype=dtype)
+        orders = jnp.stack([eff_y, eff_x]).astype(jnp.int32)
+    else:
+        m_min = jnp.minimum(jnp.sum(jnp.any(valid, 0)), jnp.sum(jnp.any(valid, 1)))
+        active = jnp.ones((ky, kx), dtype=bool)
+        under = jnp.zeros((), dtype=bool)
+        degree = DEGREE[basis.style]
+        dy, dx = difference_matrix(ky, degree), difference_matrix(kx, degree)
+        penalty = jnp.asarray(
+            np.concatenate([np.kron(dy, np.eye(kx)), np.kron(np.eye(ky), dx)]), dtype=dtype
+        )
+        sqrt_mu = jnp.sqrt(roughness + SPLINE_ROUGHNESS_FLOOR).astype(dtype)
+        orders = jnp.full((2,), -1, dtype=jnp.int32)
+    sqrt_eps = jnp.sqrt(RIDGE_PER_CELL * jnp.maximum(n_valid, 1)).astype(dtype)
+    coef = solve_least_squares(
+        design, z.reshape(-1), sqrt_w.reshape(-1), penalty, sqrt_mu, active.reshape(-1), sqrt_eps
+    ).reshape(ky, kx)
+
+    status = jnp.where(n_valid == 0, NO_OVERLAP, jnp.where(under, UNDERSAMPLED, SUCCESS))
+    status = jnp.where((status == SUCCESS) & ~jnp.all(jnp.isfinite(coef)), NONFINITE, status)
+    ok = status == SUCCESS
+    coef = jnp.where(ok, coef, jnp.nan)
+
+    # Model image (separable) and diagnostics (§7, §8).
+    h, w = basis.shape
+    model = basis.evaluate(coef, jnp.arange(h, dtype=dtype), jnp.arange(w, dtype=dtype))
+    matched = jnp.where(ok, sci.image + jnp.where(ok, model, 0), sci.image)
+    if _same_edges(plan.fit_y, plan.diag_y) and _same_edges(plan.fit_x, plan.diag_x):
+        z_diag, valid_diag = value, valid
+    else:
+        z_diag, _, _, n_diag = grid_statistics(diff, usable, plan.diag_y, plan.diag_x, *stat)
+        valid_diag = n_diag >= 2
+    nan = jnp.asarray(jnp.nan, dtype=dtype)
+    rms = jnp.where(ok, fit_rms(z_diag, valid_diag, model, plan.diag_y, plan.diag_x), nan)
+    mse = jnp.where(ok, matched_mse(diff, model, usable), nan)
+    var = jnp.where(ok, diff_im_var(diff_var, usable, config.numSigmaClip, config.numIter), nan)
+    grid_err = jnp.where(valid, err, jnp.nan)
+    grid_val = jnp.where(valid, value, jnp.nan)
+    return dict(
+        coefficients=coef,
+        matched=matched,
+        fitRMS=rms,
+        matchedMSE=mse,
+        diffImVar=var,
+        status=status.astype(jnp.int32),
+        grid_values=grid_val,
+        grid_errors=grid_err,
+        grid_weights=sqrt_w * sqrt_w,
+        effective_order=orders,
+        min_sampled=m_min.astype(jnp.int32),
+    )
+
+
+def _same_edges(a, b) -> bool:
+    return len(a[0]) == len(b[0]) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+@eqx.filter_jit
+def _match_batch(ref, sci, roughness, bits_ref, bits_sci, config, bin_size):
+    plan = plan_fit(config, ref.image.shape, bin_size)
+    fn = lambda s: _match_one(ref, s, roughness, bits_ref, bits_sci, config, plan)  # noqa: E731
+    return jax.vmap(fn)(sci), plan.basis
+
+
+def match(
+    reference: Exposure,
+    science: Exposure,
+    config: MatchBackgroundsConfig | None = None,
+    *,
+    roughness: float | Float[Array, ""] | None = None,
+    raise_on_failure: bool = True,
+) -> MatchResult:
+    """Match the backgrounds of N science exposures to one reference, in one call.
+
+    Arguments:
+        reference: one `Exposure` ``(H, W)``.
+        science: a batch ``(N, H, W)`` (see `stack_exposures`) or one exposure
+            (then the result keeps a batch axis of 1).
+        config: `MatchBackgroundsConfig` (static; default LSST settings).
+        roughness: spline roughness λ ≥ 0 (array leaf: differentiable, no
+            recompilation when it changes); default ``config.splineRoughness``.
+        raise_on_failure: outside `jit`, raise `ValueError` naming every exposure
+            whose fit failed. Inside a transformation (jit/grad/vmap) the check is
+            skipped: read ``result.status``.
+
+    Returns:
+        a `MatchResult`. The model fits ``ref - sci``; ``matched = sci + model``.
+
+    `ValueError`/`TypeError` (eagerly, from shapes and config): wrong types,
+    mismatched shapes, an unknown bad mask plane, a non-positive binSize, an order
+    too high for the grid (polynomial path), too few bins for the interpolation
+    style (spline path, unless REDUCE_INTERP_ORDER).
+    """
+    config = MatchBackgroundsConfig() if config is None else config
+    if not isinstance(config, MatchBackgroundsConfig):
+        raise TypeError(f"config must be a MatchBackgroundsConfig, got {type(config).__name__}")
+    for name, exp in (("reference", reference), ("science", science)):
+        if not isinstance(exp, Exposure):
+            raise TypeError(f"{name} must be a jaxmatch.Exposure, got {type(exp).__name__}")
+    if reference.batch_shape:
+        raise ValueError(f"reference must be one exposure (H, W), got shape {reference.image.shape}")
+    if len(science.batch_shape) > 1:
+        raise ValueError(f"science must be (N, H, W) or (H, W), got shape {science.image.shape}")
+    if science.image.shape[-2:] != reference.image.shape:
+        raise ValueError(
+            f"science exposures have shape {science.image.shape[-2:]}, "
+            f"the reference has {reference.image.shape}: they must be on the same pixel grid"
+        )
+    if not science.batch_shape:
+        science = jax.tree.map(lambda a: a[None], science)
+    if science.image.shape[0] == 0:
+        raise ValueError("science holds no exposures (N = 0)")
+    dtype = _working_dtype(config, reference, science)
+    reference, science = _cast(reference, dtype), _cast(science, dtype)
+    bits_ref = reference.bitmask(config.badMaskPlanes)
+    bits_sci = science.bitmask(config.badMaskPlanes)
+    rough = config.splineRoughness if roughness is None else roughness
+    rough = jnp.asarray(rough, dtype=dtype)
+    plan_fit(config, reference.image.shape, config.binSize)  # eager shape checks
+    out, basis = _match_batch(
+        reference, science, rough, bits_ref, bits_sci, config, config.binSize
+    )
+    out["bin_size"] = jnp.full(out["status"].shape, config.binSize, dtype=jnp.int32)
+    traced = isinstance(out["status"], jax.core.Tracer)
+    if config.usePolynomial and config.undersampleStyle == "INCREASE_NXNYSAMPLE":
+        if traced:
+            raise TypeError(
+                "undersampleStyle='INCREASE_NXNYSAMPLE' re-bins data-dependently and cannot "
+                "run under jit/grad/vmap; use REDUCE_INTERP_ORDER or THROW_EXCEPTION there"
+            )
+        out = _increase_nxnysample(reference, science, rough, bits_ref, bits_sci, config, out)
+    result = MatchResult(
+        model=BackgroundModel(out["coefficients"], basis),
+        **{k: v for k, v in out.items() if k != "coefficients"},
+    )
+    if raise_on_failure and not traced:
+        check_result(result)
+    return result
+
+
+def _increase_nxnysample(reference, science, rough, bits_ref, bits_sci, config, out):
+    """Re-bin the undersampled exposures once with ``(m · binSize) // (order + 1)``."""
+    status = np.asarray(out["status"])
+    m = np.asarray(out["min_sampled"])
+    order = max(_orders(config))
+    retry = np.flatnonzero((status == UNDERSAMPLED) & (m > 0))
+    new_sizes = (m[retry] * config.binSize) // (order + 1)
+    throw = config.replace(undersampleStyle="THROW_EXCEPTION")
+    for size in np.unique(new_sizes):
+        idx = retry[new_sizes == size]
+        try:
+            if size < 1:
+                raise ValueError("bin size below one pixel")
+            plan_fit(throw, reference.image.shape, int(size))
+        except ValueError:
+            continue  # still undersampled: the status stays UNDERSAMPLED
+        sub = jax.tree.map(lambda a: a[idx], science)
+        redo, _ = _match_batch(reference, sub, rough, bits_ref, bits_sci, throw, int(size))
+        for key, val in redo.items():
+            if out[key].shape[1:] == val.shape[1:]:
+                out[key] = out[key].at[idx].set(val)
+        out["bin_size"] = out["bin_size"].at[idx].set(int(size))
+    return out
+
+
+def check_result(result: MatchResult) -> None:
+    """Raise `ValueError` naming each exposure whose fit failed, and why."""
+    status = np.asarray(result.status)
+    bad = np.flatnonzero(status != SUCCESS)
+    if bad.size:
+        lines = [f"exposure {i}: {STATUS_MESSAGES[int(status[i])]}" for i in bad]
+        raise ValueError("background matching failed for " + "; ".join(lines))
+
+
+def _working_dtype(config, *exposures):
+    if config.dtype is not None:
+        return jnp.dtype(config.dtype)
+    return jnp.result_type(*(e.image.dtype for e in exposures))
+
+
+def _cast(exp: Exposure, dtype) -> Exposure:
+    if exp.image.dtype == dtype and exp.variance.dtype == dtype:
+        return exp
+    return dataclasses.replace(exp, image=exp.image.astype(dtype), variance=exp.variance.astype(dtype))

@@ -1,0 +1,45 @@
+"""Weighted, penalised, guarded linear least squares by QR.
+
+Solves ``min_c Σ_i w_i (z_i - (B c)_i)² + μ ||D c||² + ε ||c||²`` over the active
+coefficients (inactive ones are exactly 0) by a QR factorisation of the stacked
+matrix ``[√w B; √μ D; √ε I]``. QR works on the matrix itself, so its accuracy
+depends on ``cond(A)``, not on ``cond(AᵀA) = cond(A)²`` as the normal equations
+would; the ``ε`` rows make the problem full-rank whatever the data (a grid whose
+valid cells do not determine every term, or masked terms).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+from jaxtyping import Array, Bool, Float
+
+
+def solve_least_squares(
+    design: Float[Array, "m k"],
+    values: Float[Array, " m"],
+    sqrt_weights: Float[Array, " m"],
+    penalty: Float[Array, "p k"],
+    sqrt_mu: Float[Array, ""],
+    active: Bool[Array, " k"],
+    sqrt_eps: Float[Array, ""],
+) -> Float[Array, " k"]:
+    """The minimiser ``c`` (k,) of the problem in the module docstring.
+
+    Rows with ``sqrt_weights == 0`` drop out; ``values`` there must be finite
+    (use 0). Inactive columns get coefficient 0 (their column is zeroed and a
+    unit row pins them).
+    """
+    k = design.shape[1]
+    act = active.astype(design.dtype)
+    eye = jnp.eye(k, dtype=design.dtype)
+    ridge = eye * (sqrt_eps * act + (1 - act))[:, None]
+    a = jnp.concatenate(
+        [sqrt_weights[:, None] * design * act[None, :], sqrt_mu * penalty * act[None, :], ridge]
+    )
+    b = jnp.concatenate(
+        [sqrt_weights * values, jnp.zeros(penalty.shape[0] + k, dtype=design.dtype)]
+    )
+    q, r = jnp.linalg.qr(a, mode="reduced")
+    coef = jsl.solve_triangular(r, q.T @ b, lower=False)
+    return coef * act
