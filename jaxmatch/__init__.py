@@ -14,5 +14,17 @@ from ._match import (
     match as match,
 )
 from ._model import BackgroundModel as BackgroundModel, Basis as Basis
+from ._reference import (
+    reference_costs as reference_costs,
+    reference_statistics as reference_statistics,
+    select_reference as select_reference,
+    soft_reference as soft_reference,
+    softmin_weights as softmin_weights,
+)
+from ._scaler import ImageScaler as ImageScaler
+from ._simulate import SimulatedPatch as SimulatedPatch, simulate_patch as simulate_patch
+from ._task import MatchBackgroundsTask as MatchBackgroundsTask
+from ._taskbase import ConfigurableField as ConfigurableField, Struct as Struct, Task as Task
+from . import io as io
 
 __version__ = "0.1.0"

@@ -31,7 +31,7 @@ def fit_rms(
     at_centres = model_image[ypix[:, None], xpix[None, :]]
     resid = jnp.where(bin_valid, jnp.where(bin_valid, bin_values, 0) - at_centres, 0)
     count = jnp.sum(bin_valid)
-    mean_sq = jnp.sum(resid * resid) / jnp.maximum(count, 1)
+    mean_sq = jnp.sum(resid * resid) / jnp.maximum(count, 1).astype(resid.dtype)
     return jnp.where(count > 0, jnp.sqrt(mean_sq), jnp.nan)
 
 
@@ -41,7 +41,7 @@ def matched_mse(
     """Mean of ``(diff - model)²`` over usable pixels [ADU²]."""
     resid = jnp.where(usable, jnp.where(usable, diff, 0) - model_image, 0)
     count = jnp.sum(usable)
-    return jnp.where(count > 0, jnp.sum(resid * resid) / jnp.maximum(count, 1), jnp.nan)
+    return jnp.where(count > 0, jnp.sum(resid * resid) / jnp.maximum(count, 1).astype(resid.dtype), jnp.nan)
 
 
 def diff_im_var(

@@ -99,6 +99,10 @@ def _orders(config: MatchBackgroundsConfig) -> tuple[int, int]:
 def plan_fit(config: MatchBackgroundsConfig, shape: tuple[int, int], bin_size: int) -> _Plan:
     """Check the static (shape-only) conditions and lay out the fit.
 
+    ``bin_size`` is the fit grid's (``binSize``, or the re-binned size of
+    INCREASE_NXNYSAMPLE); the diagnostic bins always use ``config.binSize``, as
+    LSST's fitRMS does.
+
     Raises `ValueError` as LSST does: on the polynomial path when the short side is
     below ``binSize`` or the order exceeds ``ceil(side / binSize) - 1``; on the
     spline path when an axis has too few bins for ``interpStyle`` and
@@ -106,7 +110,7 @@ def plan_fit(config: MatchBackgroundsConfig, shape: tuple[int, int], bin_size: i
     """
     h, w = shape
     fit_y, fit_x = cell_edges(h, bin_size), cell_edges(w, bin_size)
-    diag_y, diag_x = bin_edges(h, bin_size), bin_edges(w, bin_size)
+    diag_y, diag_x = bin_edges(h, config.binSize), bin_edges(w, config.binSize)
     if config.usePolynomial:
         order_y, order_x = _orders(config)
         for side, order, axis in ((h, order_y, "y"), (w, order_x, "x")):
@@ -189,7 +193,7 @@ def _match_one(ref, sci, roughness, bits_ref, bits_sci, config, plan):
     weighted = config.approxWeighting & jnp.any(valid & (err > eps))
     sqrt_w = jnp.where(valid, jnp.where(weighted, 1.0 / err, 1.0), 0.0).astype(dtype)
     n_valid = jnp.sum(valid)
-    mean_w = jnp.sum(sqrt_w * sqrt_w) / jnp.maximum(n_valid, 1)
+    mean_w = jnp.sum(sqrt_w * sqrt_w) / jnp.maximum(n_valid, 1).astype(dtype)
     sqrt_w = sqrt_w / jnp.sqrt(jnp.where(n_valid > 0, mean_w, 1.0))
     z = jnp.where(valid, value, 0.0)
 
@@ -216,7 +220,7 @@ def _match_one(ref, sci, roughness, bits_ref, bits_sci, config, plan):
         )
         sqrt_mu = jnp.sqrt(roughness + SPLINE_ROUGHNESS_FLOOR).astype(dtype)
         orders = jnp.full((2,), -1, dtype=jnp.int32)
-    sqrt_eps = jnp.sqrt(RIDGE_PER_CELL * jnp.maximum(n_valid, 1)).astype(dtype)
+    sqrt_eps = jnp.sqrt(RIDGE_PER_CELL * jnp.maximum(n_valid, 1).astype(dtype))
     coef = solve_least_squares(
         design, z.reshape(-1), sqrt_w.reshape(-1), penalty, sqrt_mu, active.reshape(-1), sqrt_eps
     ).reshape(ky, kx)
@@ -364,6 +368,10 @@ def _increase_nxnysample(reference, science, rough, bits_ref, bits_sci, config, 
         for key, val in redo.items():
             if out[key].shape[1:] == val.shape[1:]:
                 out[key] = out[key].at[idx].set(val)
+        # A re-binned grid left with no valid bin is still an undersampling failure.
+        out["status"] = out["status"].at[idx].set(
+            jnp.where(redo["status"] == NO_OVERLAP, UNDERSAMPLED, redo["status"])
+        )
         out["bin_size"] = out["bin_size"].at[idx].set(int(size))
     return out
 

@@ -84,16 +84,16 @@ def cardinal_basis(x: Float[Array, " n"], t: np.ndarray, degree: int) -> Float[A
     # Outside the knots the spline continues linearly (f'' = 0 there), which the
     # clipped tau would not give for the cubic terms, so they are switched off.
     s = jnp.asarray(_second_derivative_map(t), dtype=x.dtype)
-    inside = (x >= t[0]) & (x <= t[-1])
+    inside = (x >= tj[0]) & (x <= tj[-1])
     cub_r = jnp.where(inside, tau**3 - tau, 0.0) * h**2 / 6.0
     cub_l = jnp.where(inside, (1 - tau) ** 3 - (1 - tau), 0.0) * h**2 / 6.0
     m_rows = left * cub_l[:, None] + right * cub_r[:, None]
     basis = linear + m_rows @ s
     # Linear extension: the end segments' slope of the cubic, f'(t_0) = slope_0 -
     # h_0 M_1 / 6 and f'(t_{k-1}) = slope_{k-2} + h_{k-2} M_{k-2} / 6.
-    h0, hn = t[1] - t[0], t[-1] - t[-2]
-    below = jnp.where(x < t[0], x - t[0], 0.0)[:, None]
-    above = jnp.where(x > t[-1], x - t[-1], 0.0)[:, None]
+    h0, hn = float(t[1] - t[0]), float(t[-1] - t[-2])
+    below = jnp.where(x < tj[0], x - tj[0], 0.0)[:, None]
+    above = jnp.where(x > tj[-1], x - tj[-1], 0.0)[:, None]
     basis = basis + below * (-(h0 / 6.0) * s[1])[None, :]
     basis = basis + above * ((hn / 6.0) * s[k - 2])[None, :]
     return basis

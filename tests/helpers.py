@@ -1,0 +1,79 @@
+"""Shared test data: small exposure pairs with masks, NaNs and a smooth difference."""
+
+import numpy as np
+
+import jaxmatch as jm
+from jaxmatch import DEFAULT_MASK_PLANES
+
+BAD = 1 << DEFAULT_MASK_PLANES["BAD"]
+DETECTED = 1 << DEFAULT_MASK_PLANES["DETECTED"]
+NO_DATA = 1 << DEFAULT_MASK_PLANES["NO_DATA"]
+SUSPECT = 1 << DEFAULT_MASK_PLANES["SUSPECT"]  # not in the default badMaskPlanes
+
+
+def smooth_field(shape, rng, amplitude=3.0):
+    """A tilted plane plus low-order structure [ADU] on an (H, W) grid."""
+    h, w = shape
+    y, x = np.mgrid[:h, :w]
+    u, v = 2 * (x + 0.5) / w - 1, 2 * (y + 0.5) / h - 1
+    c = rng.normal(size=6)
+    return amplitude * (c[0] + c[1] * u + c[2] * v + 0.5 * c[3] * u * v + 0.3 * c[4] * (2 * u**2 - 1)
+                        + 0.3 * c[5] * np.sin(2.0 * v))
+
+
+def make_pair_batch(rng, shape, n_sci=2, *, sigma=1.0, sky=100.0, defects=True):
+    """A reference and ``n_sci`` science exposures whose difference is smooth + noise.
+
+    With ``defects``: masked blobs (DETECTED) with large values, BAD pixels, NaN
+    pixels flagged NO_DATA, a few unflagged NaNs, and SUSPECT bits (not bad).
+    Returns ``(ref, sci_batch, truths)`` with truths[i] = ref background - sci background.
+    """
+    h, w = shape
+    ref_img = sky + rng.normal(0, sigma, shape)
+    ref_mask = np.zeros(shape, np.int32)
+    scis, truths = [], []
+    for _ in range(n_sci):
+        truth = smooth_field(shape, rng)
+        img = sky - truth + rng.normal(0, sigma, shape)
+        mask = np.zeros(shape, np.int32)
+        if defects:
+            for _ in range(3):
+                cy, cx = rng.integers(0, h), rng.integers(0, w)
+                sl = (slice(max(cy - 3, 0), cy + 3), slice(max(cx - 3, 0), cx + 3))
+                img[sl] += 500.0
+                mask[sl] |= DETECTED
+            bad = rng.random(shape) < 0.01
+            img[bad] = -1e4
+            mask[bad] |= BAD
+            nodata = rng.random(shape) < 0.01
+            img[nodata] = np.nan
+            mask[nodata] |= NO_DATA
+            img[rng.random(shape) < 0.002] = np.inf  # unflagged non-finite pixels
+            mask[rng.random(shape) < 0.05] |= SUSPECT
+        scis.append(jm.Exposure(img, mask, np.full(shape, sigma**2)))
+        truths.append(truth)
+    if defects:
+        ref_mask[rng.random(shape) < 0.01] |= BAD
+        ref_img[ref_mask != 0] = 1e5
+    ref = jm.Exposure(ref_img, ref_mask, np.full(shape, sigma**2))
+    return ref, jm.stack_exposures(scis), np.stack(truths)
+
+
+def oracle_kwargs(config):
+    """The oracle's keyword arguments for a MatchBackgroundsConfig."""
+    return dict(
+        use_polynomial=config.usePolynomial,
+        order=config.order,
+        order_y=config.orderY,
+        chebyshev_terms=config.chebyshevTerms,
+        grid_statistic=config.gridStatistic,
+        undersample_style=config.undersampleStyle,
+        bin_size=config.binSize,
+        interp_style=config.interpStyle,
+        num_sigma_clip=config.numSigmaClip,
+        num_iter=config.numIter,
+        approx_weighting=config.approxWeighting,
+        grid_stdev_epsilon=config.gridStdevEpsilon,
+        roughness=config.splineRoughness,
+        knot_spacing=config.splineKnotSpacing,
+    )

@@ -1,0 +1,329 @@
+"""Tests for jaxmatch._reference: LSST reference cost, hard argmin, soft-min."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from jaxmatch._reference import (
+    reference_costs,
+    reference_statistics,
+    select_reference,
+    soft_reference,
+    softmin_weights,
+)
+
+# Tolerances, one table, each with its reason.
+TOL = {
+    # float64 vs NumPy float64: same sums, different order; a few ulps of
+    # error times the O(1) condition number of a centred variance.
+    "f64_value": dict(rtol=1e-12, atol=0.0),
+    # float32 statistics vs float64 on the *same* float32 inputs, level 1e4,
+    # scatter 0.1, 64x64 pixels: the centred sum of squares has a relative
+    # error of ~sqrt(n)·eps32 ≈ 1e-5 typically (n·eps32 ≈ 5e-4 worst case);
+    # a naive E[x²]-E[x]² would be off by ~1e3 relative (asserted below).
+    "f32_variance": dict(rtol=1e-4, atol=0.0),
+    # the mean: one rounding of 1e4 in float32 (6e-8) plus a small sum.
+    "f32_level": dict(rtol=1e-6, atol=0.0),
+    # central differences (eps 1e-4, float64): truncation O(eps²·f''') ≈ 1e-8
+    # on O(1) functions, round-off eps64/eps ≈ 1e-12; 1e-6 leaves margin.
+    "f64_grad": dict(atol=1e-6, rtol=1e-6, eps=1e-4),
+}
+
+W_LSST = dict(weight_coverage=0.4, weight_variance=0.4, weight_level=0.2)
+
+# Eager mode compiles every primitive on first use, which dominates the run
+# time; most tests use jitted wrappers (jit == plain is tested separately).
+statistics_jit = jax.jit(reference_statistics)
+costs_jit = jax.jit(reference_costs)
+select_jit = jax.jit(select_reference)
+softmin_jit = jax.jit(softmin_weights)
+
+
+# ---------------------------------------------------------------- NumPy oracle
+def np_statistics(image, usable):
+    """Plain NumPy float64 variance (ddof=1), mean and count of usable pixels."""
+    good = usable & np.isfinite(image)
+    values = image[good].astype(np.float64)
+    n = values.size
+    var = values.var(ddof=1) if n >= 2 else np.nan
+    level = values.mean() if n >= 1 else np.nan
+    return var, level, float(n)
+
+
+def np_lsst_costs(var, level, coverage, weight_coverage, weight_variance, weight_level):
+    """LSST's cost exactly as selectRefExposure computes it (nanmax(level))."""
+    var, level, coverage = (np.asarray(a, dtype=np.float64) for a in (var, level, coverage))
+    return (
+        weight_variance * var / np.nanmax(var)
+        + weight_level * level / np.nanmax(level)
+        + weight_coverage * np.nanmin(coverage) / coverage
+    )
+
+
+def assert_close(actual, desired, key):
+    np.testing.assert_allclose(np.asarray(actual), np.asarray(desired), **TOL[key])
+
+
+def make_batch(rng, n=4, shape=(12, 10)):
+    """N images with different levels/scatters, masks and NaNs under the mask."""
+    levels = rng.uniform(50.0, 150.0, size=n)
+    sigmas = rng.uniform(0.5, 3.0, size=n)
+    images = levels[:, None, None] + sigmas[:, None, None] * rng.standard_normal((n, *shape))
+    usable = rng.uniform(size=(n, *shape)) > 0.3
+    images[~usable & (rng.uniform(size=(n, *shape)) > 0.5)] = np.nan  # NaN behind the mask
+    return images, usable
+
+
+# ---------------------------------------------------------- reference_statistics
+def test_statistics_match_numpy_with_masks_and_nans(rng):
+    images, usable = make_batch(rng)
+    images[0, 0, 0], usable[0, 0, 0] = np.nan, True  # NaN on a pixel flagged usable
+    images[1, 1, 1], usable[1, 1, 1] = np.inf, True  # inf on a pixel flagged usable
+    for image, mask in zip(images, usable):
+        got = statistics_jit(jnp.asarray(image), jnp.asarray(mask))
+        assert all(g.dtype == jnp.float64 for g in got)
+        assert_close(got, np_statistics(image, mask), "f64_value")
+
+
+def test_statistics_gradient_ignores_unusable_pixels(rng):
+    image, usable = (a[0] for a in make_batch(rng))
+    image[0, 0], usable[0, 0] = np.nan, True
+
+    def total(x):
+        var, level, cov = reference_statistics(x, jnp.asarray(usable))
+        return var + level + cov
+
+    grad = np.asarray(jax.jit(jax.grad(total))(jnp.asarray(image)))
+    good = usable & np.isfinite(image)
+    assert np.all(np.isfinite(grad))
+    assert np.all(grad[~good] == 0.0)
+    # d(mean)/dx = 1/n, d(var)/dx = 2(x - mean)/(n-1): the analytic gradient.
+    x, n = image[good], good.sum()
+    np.testing.assert_allclose(grad[good], 1 / n + 2 * (x - x.mean()) / (n - 1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("n_usable", [0, 1])
+def test_statistics_too_few_pixels(n_usable):
+    image = jnp.arange(12.0).reshape(3, 4).at[0, 0].set(jnp.nan)
+    usable = jnp.zeros((3, 4), bool).at[1, 2].set(n_usable == 1).at[0, 0].set(True)
+    var, level, cov = statistics_jit(image, usable)
+    assert jnp.isnan(var)
+    assert float(cov) == n_usable
+    if n_usable == 0:
+        assert jnp.isnan(level)
+    else:
+        assert float(level) == 6.0
+
+    def total(x):
+        return jnp.nansum(jnp.stack(reference_statistics(x, usable)))
+
+    grad = jax.jit(jax.grad(total))(image)
+    assert jnp.all(jnp.isfinite(grad))
+
+
+def test_statistics_float32_high_sky_level(rng):
+    image32 = (1e4 + 0.1 * rng.standard_normal((64, 64))).astype(np.float32)
+    usable = rng.uniform(size=(64, 64)) > 0.1
+    var32, level32, cov32 = statistics_jit(jnp.asarray(image32), jnp.asarray(usable))
+    assert var32.dtype == level32.dtype == cov32.dtype == jnp.float32
+    var64, level64, cov64 = np_statistics(image32.astype(np.float64), usable)
+    assert_close(var32, var64, "f32_variance")
+    assert_close(level32, level64, "f32_level")
+    assert float(cov32) == cov64
+    # The test has teeth: the one-pass formula in float32 is wildly wrong here.
+    x = jnp.asarray(image32)[jnp.asarray(usable)]
+    naive = (jnp.mean(x**2) - jnp.mean(x) ** 2) * x.size / (x.size - 1)
+    assert abs(float(naive) / var64 - 1) > 0.1
+
+
+def test_statistics_jit_and_vmap(rng):
+    images, usable = (jnp.asarray(a) for a in make_batch(rng))
+    plain = [reference_statistics(i, u) for i, u in zip(images, usable)]
+    jitted = [jax.jit(reference_statistics)(i, u) for i, u in zip(images, usable)]
+    batched = jax.vmap(reference_statistics, in_axes=(0, 0))(images, usable)
+    for k in range(3):
+        stacked = np.stack([p[k] for p in plain])
+        np.testing.assert_array_equal(np.stack([j[k] for j in jitted]), stacked)
+        # vmap may reorder a reduction: allow a few ulps.
+        np.testing.assert_allclose(batched[k], stacked, rtol=1e-14)
+
+
+# --------------------------------------------- reference_costs + select_reference
+# Three exposures; each term alone prefers a different one (all levels > 0,
+# so LSST's nanmax(level) and jaxmatch's max|level| coincide):
+#   0: lowest variance;  1: lowest level;  2: highest coverage.
+VAR = np.array([1.0, 4.0, 3.0])
+LEVEL = np.array([120.0, 80.0, 100.0])
+COVERAGE = np.array([500.0, 700.0, 1000.0])
+
+
+@pytest.mark.parametrize(
+    "weights, winner",
+    [
+        (dict(weight_coverage=0.0, weight_variance=1.0, weight_level=0.0), 0),
+        (dict(weight_coverage=0.0, weight_variance=0.0, weight_level=1.0), 1),
+        (dict(weight_coverage=1.0, weight_variance=0.0, weight_level=0.0), 2),
+        (W_LSST, None),
+    ],
+)
+def test_costs_match_lsst(weights, winner):
+    costs = costs_jit(jnp.asarray(VAR), jnp.asarray(LEVEL), jnp.asarray(COVERAGE), **weights)
+    expected = np_lsst_costs(VAR, LEVEL, COVERAGE, **weights)
+    assert_close(costs, expected, "f64_value")
+    assert int(select_jit(costs)) == int(np.nanargmin(expected))
+    if winner is not None:
+        assert int(select_jit(costs)) == winner
+
+
+def test_costs_end_to_end_from_images(rng):
+    images, usable = make_batch(rng, n=5)
+    stats = jax.vmap(reference_statistics)(jnp.asarray(images), jnp.asarray(usable))
+    costs = jax.jit(lambda *s: reference_costs(*s, **W_LSST))(*stats)
+    oracle = np.array([np_statistics(i, u) for i, u in zip(images, usable)]).T
+    expected = np_lsst_costs(*oracle, **W_LSST)
+    assert_close(costs, expected, "f64_value")
+    assert int(jax.jit(select_reference)(costs)) == int(np.nanargmin(expected))
+
+
+def test_missing_exposure_is_skipped():
+    # Exposure 1 "cannot be read": NaN placeholders, as LSST; it would
+    # otherwise win on every term.
+    var, level, cov = VAR.copy(), LEVEL.copy(), COVERAGE.copy()
+    var = np.insert(var, 1, np.nan)
+    level = np.insert(level, 1, np.nan)
+    cov = np.insert(cov, 1, np.nan)
+    costs = costs_jit(var, level, cov, **W_LSST)
+    assert np.isnan(costs[1])
+    assert_close(costs, np_lsst_costs(var, level, cov, **W_LSST), "f64_value")  # NaN == NaN
+    assert int(select_jit(costs)) == int(np.nanargmin(np.asarray(costs)))
+    assert int(select_jit(costs)) != 1
+
+
+def test_all_missing_gives_minus_one():
+    nan3 = jnp.full(3, jnp.nan)
+    costs = costs_jit(nan3, nan3, nan3, **W_LSST)
+    assert jnp.all(jnp.isnan(costs))
+    assert int(select_reference(costs)) == -1
+    assert int(jax.jit(select_reference)(costs)) == -1
+    # ... and the soft-min gives no weight to anything, without NaN.
+    np.testing.assert_array_equal(softmin_jit(costs, 0.1), np.zeros(3))
+
+
+def test_zero_coverage_entry_does_not_normalise_others():
+    # Documented deviation: an exposure with no usable pixel (coverage 0) is
+    # skipped and, unlike LSST's nanmin(coverage), does not zero the
+    # coverage term of everyone else.
+    var = np.append(VAR, np.nan)
+    level = np.append(LEVEL, np.nan)
+    cov = np.append(COVERAGE, 0.0)
+    weights = dict(weight_coverage=1.0, weight_variance=0.0, weight_level=0.0)
+    costs = np.asarray(costs_jit(var, level, cov, **weights))
+    assert np.isnan(costs[3])
+    assert_close(costs[:3], np_lsst_costs(VAR, LEVEL, COVERAGE, **weights), "f64_value")
+    assert int(select_jit(costs)) == 2
+
+
+def test_degenerate_normalisers_give_zero_terms():
+    # all variances 0 and all levels 0: those terms are 0, not 0/0 = NaN.
+    zeros = jnp.zeros(3)
+    costs = costs_jit(zeros, zeros, jnp.asarray(COVERAGE), **W_LSST)
+    assert_close(costs, 0.4 * COVERAGE.min() / COVERAGE, "f64_value")
+
+
+def test_negative_levels_prefer_most_negative():
+    # Documented deviation: level / max|level|, so lower (more negative) wins.
+    level = np.array([-5.0, -1.0, -2.0])
+    ones = np.ones(3)
+    weights = dict(weight_coverage=0.0, weight_variance=0.0, weight_level=1.0)
+    costs = costs_jit(ones, level, ones, **weights)
+    assert_close(costs, level / 5.0, "f64_value")
+    assert int(select_jit(costs)) == 0
+    # LSST's level / nanmax(level) divides by -1 and prefers the least negative.
+    assert int(np.nanargmin(np_lsst_costs(ones, level, ones, **weights))) == 1
+
+
+# --------------------------------------------------------------------- soft-min
+def test_softmin_small_temperature_is_hard_argmin(rng):
+    costs = jnp.asarray(np.append(rng.uniform(0.0, 1.0, 6), np.nan))
+    weights = softmin_jit(costs, 1e-4)
+    expected = np.zeros(7)
+    expected[int(select_jit(costs))] = 1.0
+    # gaps between random costs are >> T, so exp(-gap/T) underflows to 0.
+    np.testing.assert_allclose(weights, expected, rtol=0, atol=1e-12)
+
+
+def test_softmin_is_stable_for_large_costs():
+    # Without the min shift exp(-1e7) underflows for every entry: 0/0.
+    weights = softmin_jit(jnp.asarray([1e3, 1e3 + 1.0]), 1e-4)
+    np.testing.assert_array_equal(weights, [1.0, 0.0])
+
+
+def test_softmin_sums_to_one_and_skips_nan(rng):
+    costs = jnp.asarray([0.3, jnp.nan, 0.1, 0.7, jnp.inf])
+    weights = softmin_jit(costs, 0.2)
+    assert float(weights[1]) == 0.0 and float(weights[4]) == 0.0
+    np.testing.assert_allclose(jnp.sum(weights), 1.0, rtol=1e-15)  # 3 terms: a few ulps
+    finite = np.array([0.3, 0.1, 0.7])
+    plain = np.exp(-finite / 0.2) / np.exp(-finite / 0.2).sum()
+    assert_close(weights[jnp.array([0, 2, 3])], plain, "f64_value")
+    # no NaN in the gradient (w.r.t. T, NaN - c_min would leak through a
+    # bare where), and none at all w.r.t. the skipped entries
+    grad, grad_t = jax.jit(jax.grad(lambda c, t: softmin_weights(c, t) @ jnp.arange(5.0), (0, 1)))(
+        costs, 0.2
+    )
+    assert jnp.all(jnp.isfinite(grad)) and jnp.isfinite(grad_t)
+    assert float(grad[1]) == 0.0 and float(grad[4]) == 0.0
+
+
+def test_soft_reference_ignores_bad_pixels_of_unweighted_exposures(rng):
+    images = rng.standard_normal((3, 4, 5))
+    images[1, 2, 3] = np.nan
+    weights = jnp.asarray([0.25, 0.0, 0.75])
+    got = soft_reference(jnp.asarray(images), weights)
+    assert_close(got, 0.25 * images[0] + 0.75 * images[2], "f64_value")
+    # a NaN in a weighted exposure is not hidden
+    images[2, 0, 0] = np.nan
+    assert jnp.isnan(soft_reference(jnp.asarray(images), weights)[0, 0])
+
+
+# -------------------------------------------------------------------- gradients
+def test_softmin_gradients_match_finite_differences(rng):
+    costs = jnp.asarray(rng.uniform(0.0, 1.0, 5))
+    probe = jnp.asarray(rng.standard_normal(5))
+    tol = TOL["f64_grad"]
+
+    @jax.jit  # check_grads calls it many times; compile once
+    def loss(c, t):
+        return softmin_weights(c, t) @ probe
+
+    check_grads(loss, (costs, 0.3), order=1, modes=("fwd", "rev"), **tol)
+    jac_fwd = jax.jit(jax.jacfwd(softmin_weights, argnums=(0, 1)))(costs, 0.3)
+    jac_rev = jax.jit(jax.jacrev(softmin_weights, argnums=(0, 1)))(costs, 0.3)
+    for f, r in zip(jac_fwd, jac_rev):
+        np.testing.assert_allclose(f, r, rtol=1e-12, atol=1e-14)
+
+
+def test_pipeline_gradients_match_finite_differences(rng):
+    # images -> statistics -> costs -> soft-min -> soft reference -> scalar,
+    # differentiated w.r.t. the images, the three weights and T.
+    images, usable = make_batch(rng, n=3, shape=(5, 4))
+    images = np.where(usable, images, 0.0)  # finite-difference steps need finite inputs
+    images, usable = jnp.asarray(images), jnp.asarray(usable)
+    probe = jnp.asarray(rng.standard_normal((5, 4)))
+
+    @jax.jit  # check_grads calls it many times; compile once
+    def loss(images, w_cov, w_var, w_lev, temperature):
+        stats = jax.vmap(reference_statistics)(images, usable)
+        costs = reference_costs(
+            *stats, weight_coverage=w_cov, weight_variance=w_var, weight_level=w_lev
+        )
+        # scale images to O(1) so the finite-difference step is well-conditioned
+        return jnp.sum(soft_reference(images / 100.0, softmin_weights(costs, temperature)) * probe)
+
+    args = (images, 0.4, 0.4, 0.2, 0.3)
+    check_grads(loss, args, order=1, modes=("fwd", "rev"), **TOL["f64_grad"])
+    grads = jax.grad(loss, argnums=(0, 1, 2, 3, 4))(*args)
+    assert all(np.all(np.isfinite(g)) for g in grads)
+    assert all(np.any(np.asarray(g) != 0) for g in grads)  # every input matters
