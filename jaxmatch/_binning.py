@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
@@ -78,19 +79,24 @@ def split_cells(
     return cells, jnp.asarray(inside)
 
 
-def _moments(x, keep, axes):
-    """Count, mean and sample std of ``x`` over ``keep``; shifted two-pass sums."""
-    n = jnp.sum(keep, axis=axes)
-    n_safe = jnp.maximum(n, 1)
-    total = jnp.sum(jnp.where(keep, x, 0), axis=axes)
-    mean = total / n_safe.astype(x.dtype)
-    mean_b = jnp.expand_dims(mean, axes)
-    # Subtracting the mean before squaring keeps float32 accurate on large skies.
-    dev = jnp.where(keep, x - mean_b, 0)
-    var = jnp.sum(dev * dev, axis=axes) / jnp.maximum(n - 1, 1).astype(x.dtype)
-    std = jnp.sqrt(jnp.where(n >= 2, var, 1.0))
-    mean = jnp.where(n >= 1, mean, jnp.nan)
-    std = jnp.where(n >= 2, std, jnp.nan)
+def _moments(x, weight, axes):
+    """Weight sum, mean and sample std of ``x`` (weights: bool mask or soft weights in [0, 1]).
+
+    The std uses ``Σ w (x - mean)² / (Σ w - 1)``, the ddof = 1 estimate for a 0/1
+    mask. The sums are shifted (the mean is subtracted before squaring) so that
+    float32 stays accurate on large sky levels.
+    """
+    n = jnp.sum(weight, axis=axes)
+    w = weight.astype(x.dtype)
+    n_f = jnp.sum(w, axis=axes) if weight.dtype != bool else n.astype(x.dtype)
+    mean = jnp.sum(w * x, axis=axes) / jnp.maximum(n_f, 1e-30)
+    dev = w * (x - jnp.expand_dims(mean, axes))
+    var = jnp.sum(dev * (x - jnp.expand_dims(mean, axes)), axis=axes)
+    enough = n_f >= 2
+    var = var / jnp.where(enough, n_f - 1, 1.0)
+    std = jnp.sqrt(jnp.where(enough, var, 1.0))
+    mean = jnp.where(n_f > 0, mean, jnp.nan)
+    std = jnp.where(enough, std, jnp.nan)
     return n, mean, std
 
 
@@ -99,8 +105,9 @@ def masked_statistic(
     usable: Array,
     axes: tuple[int, ...],
     statistic: str,
-    num_sigma_clip: float,
+    num_sigma_clip: float | Array,
     num_iter: int,
+    clip_sharpness: float | Array | None = None,
 ) -> CellStats:
     """``MEAN``, ``MEDIAN`` or ``MEANCLIP`` of ``x`` over ``usable``, reduced over ``axes``.
 
@@ -109,6 +116,11 @@ def masked_statistic(
     pixels (docs/algorithm.md §3). ``MEANCLIP`` starts from the mean and std and
     clips at ``num_sigma_clip`` σ for ``num_iter`` iterations; an iteration that
     would leave fewer than 2 pixels, or has σ = 0, keeps the previous set.
+
+    With ``clip_sharpness = β`` (jaxmatch), the hard cut is replaced by the smooth
+    weight ``sigmoid(β (num_sigma_clip - |x - μ| / σ))``, so the statistic is
+    differentiable in ``num_sigma_clip`` and β (the hard clip is the limit
+    β → ∞); ``m`` is then the sum of the weights.
     Unusable entries of ``x`` may be NaN/inf: they never reach the arithmetic.
     """
     x = jnp.where(usable, x, 0)  # the double-where: no NaN in values or gradients
@@ -120,13 +132,20 @@ def masked_statistic(
     if statistic != "MEANCLIP":
         raise ValueError(f"unknown gridStatistic {statistic!r}")
     keep, m, value, s = usable, n, mean, std
+    if clip_sharpness is not None:
+        keep = usable.astype(x.dtype)
     for _ in range(num_iter):
-        limit = jnp.expand_dims(num_sigma_clip * s, axes)
-        centre = jnp.expand_dims(value, axes)
-        trial = usable & (jnp.abs(x - centre) <= limit)
+        ok_s = jnp.expand_dims(s > 0, axes)
+        centre = jnp.expand_dims(jnp.where(s > 0, value, 0.0), axes)
+        scale = jnp.expand_dims(jnp.where(s > 0, s, 1.0), axes)
+        if clip_sharpness is None:
+            trial = usable & (jnp.abs(x - centre) <= num_sigma_clip * scale)
+        else:
+            z = jnp.abs(x - centre) / scale
+            trial = usable * jax.nn.sigmoid(clip_sharpness * (num_sigma_clip - z))
         m_trial = jnp.sum(trial, axis=axes)
-        ok = (s > 0) & (m_trial >= 2)
-        keep = jnp.where(jnp.expand_dims(ok, axes), trial, keep)
+        ok = ok_s & jnp.expand_dims(m_trial >= 2, axes)
+        keep = jnp.where(ok, trial, keep)
         m, value, s = _moments(x, keep, axes)
     return value, s, m, n
 
@@ -152,10 +171,13 @@ def grid_statistics(
     edges_y: tuple[np.ndarray, np.ndarray],
     edges_x: tuple[np.ndarray, np.ndarray],
     statistic: str,
-    num_sigma_clip: float,
+    num_sigma_clip: float | Array,
     num_iter: int,
+    clip_sharpness: float | Array | None = None,
 ) -> CellStats:
     """Per-cell ``(value, s, m, n)``, each ``(ny, nx)``, of an image over usable pixels."""
     cells, inside = split_cells(image, edges_y, edges_x)
     use, _ = split_cells(usable, edges_y, edges_x)
-    return masked_statistic(cells, use & inside, (1, 3), statistic, num_sigma_clip, num_iter)
+    return masked_statistic(
+        cells, use & inside, (1, 3), statistic, num_sigma_clip, num_iter, clip_sharpness
+    )

@@ -52,8 +52,12 @@ class MatchBackgroundsConfig:
     - `chebyshevTerms`: ``TOTAL`` (LSST: terms with ``i + j <= order``) or
       ``TENSOR`` (``i <= order``, ``j <= orderY``).
     - `splineKnotSpacing`: knot spacing of the spline in bins (1: a knot per bin).
-    - `splineRoughness`: roughness penalty λ ``>= 0`` of the spline (dimensionless,
-      see `docs/algorithm.md` §4-6).
+    - `splineRoughness`: roughness penalty λ ``>= 0`` (dimensionless, see
+      `docs/algorithm.md` §4-6): second differences of the spline's knot values,
+      or the order-weighted ridge ``Σ (p + q)² C[p, q]²`` of the Chebyshev model.
+    - `clipSharpness`: None (LSST's hard ``MEANCLIP`` cut) or β > 0: the smooth
+      clipping weight ``sigmoid(β (numSigmaClip - |x - μ| / σ))``, differentiable
+      in ``numSigmaClip`` and β.
     - `softminTemperature`: temperature ``> 0`` of the soft-min reference selection.
     - `dtype`: ``"float32"``, ``"float64"`` or None (keep the inputs' dtype).
     """
@@ -77,6 +81,7 @@ class MatchBackgroundsConfig:
     chebyshevTerms: str = "TOTAL"
     splineKnotSpacing: int = 1
     splineRoughness: float = 0.0
+    clipSharpness: float | None = None
     softminTemperature: float = 0.05
     dtype: str | None = None
 
@@ -84,7 +89,13 @@ class MatchBackgroundsConfig:
         # Lists are accepted for badMaskPlanes but stored as a tuple (hashable).
         if isinstance(self.badMaskPlanes, str):
             raise TypeError("badMaskPlanes must be a list of plane names, not a string")
-        object.__setattr__(self, "badMaskPlanes", tuple(self.badMaskPlanes))
+        try:
+            planes = tuple(self.badMaskPlanes)
+        except TypeError:
+            raise TypeError(
+                f"badMaskPlanes must be a list of plane names, got {self.badMaskPlanes!r}"
+            ) from None
+        object.__setattr__(self, "badMaskPlanes", planes)
         self.validate()
 
     def validate(self) -> None:
@@ -132,6 +143,10 @@ class MatchBackgroundsConfig:
             raise ValueError(f"gridStdevEpsilon must be >= 0, got {self.gridStdevEpsilon}")
         if self.splineKnotSpacing < 1:
             raise ValueError(f"splineKnotSpacing must be >= 1, got {self.splineKnotSpacing}")
+        if self.clipSharpness is not None:
+            _check_type("clipSharpness", self.clipSharpness, (int, float))
+            if not (math.isfinite(self.clipSharpness) and self.clipSharpness > 0):
+                raise ValueError(f"clipSharpness must be None or > 0, got {self.clipSharpness}")
         if self.splineRoughness < 0:
             raise ValueError(f"splineRoughness must be >= 0, got {self.splineRoughness}")
         if self.softminTemperature <= 0:

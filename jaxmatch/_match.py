@@ -40,8 +40,10 @@ STATUS_MESSAGES = {
     UNDERSAMPLED: "too few usable bins for the requested order (undersampleStyle)",
     NONFINITE: "the fit gave a non-finite model",
 }
-# λ_floor: fills missing bins smoothly in the spline fit (§6).
+# λ_floor: fills missing bins smoothly in the spline fit (§6); for Chebyshev it
+# only keeps d(result)/dλ finite at λ = 0 (the penalty enters as √λ).
 SPLINE_ROUGHNESS_FLOOR = 1e-6
+CHEBYSHEV_ROUGHNESS_FLOOR = 1e-12
 # ε = RIDGE_PER_CELL · (valid cells): the rank guard of the solve (§6).
 RIDGE_PER_CELL = 1e-10
 
@@ -175,13 +177,18 @@ def _active_terms(config, valid):
     return active, under & (not reduce), eff_y, eff_x, m
 
 
-def _match_one(ref, sci, roughness, bits_ref, bits_sci, config, plan):
-    """Match one science exposure (single ``Exposure``) to the reference."""
+def _match_one(ref, sci, hyper, bits_ref, bits_sci, config, plan):
+    """Match one science exposure (single ``Exposure``) to the reference.
+
+    ``hyper`` holds the continuous hyperparameters as arrays: ``roughness``,
+    ``num_sigma_clip`` and ``clip_sharpness`` (None for the hard clip).
+    """
     dtype = sci.image.dtype
     diff = ref.image - sci.image
     diff_var = ref.variance + sci.variance
     usable = ((ref.mask & bits_ref) == 0) & ((sci.mask & bits_sci) == 0) & jnp.isfinite(diff)
-    stat = (config.gridStatistic, config.numSigmaClip, config.numIter)
+    roughness, nsig = hyper["roughness"], hyper["num_sigma_clip"]
+    stat = (config.gridStatistic, nsig, config.numIter, hyper["clip_sharpness"])
 
     # Bin grid: value, error e = max(s, eps)/sqrt(m), weight (§3, §4).
     value, s, m, n = grid_statistics(diff, usable, plan.fit_y, plan.fit_x, *stat)
@@ -206,8 +213,10 @@ def _match_one(ref, sci, roughness, bits_ref, bits_sci, config, plan):
     design = jnp.einsum("ap,bq->abpq", by, bx).reshape(-1, ky * kx)
     if basis.kind == "CHEBYSHEV":
         active, under, eff_y, eff_x, m_min = _active_terms(config, valid)
-        penalty = jnp.zeros((0, ky * kx), dtype=dtype)
-        sqrt_mu = jnp.zeros((), dtype=dtype)
+        # Order-weighted ridge: λ Σ (p + q)² C[p, q]²; the constant is free.
+        pq = np.add.outer(np.arange(ky), np.arange(kx)).reshape(-1)
+        penalty = jnp.asarray(np.diag(pq.astype(float)), dtype=dtype)
+        sqrt_mu = jnp.sqrt(roughness + CHEBYSHEV_ROUGHNESS_FLOOR).astype(dtype)
         orders = jnp.stack([eff_y, eff_x]).astype(jnp.int32)
     else:
         m_min = jnp.minimum(jnp.sum(jnp.any(valid, 0)), jnp.sum(jnp.any(valid, 1)))
@@ -242,7 +251,7 @@ def _match_one(ref, sci, roughness, bits_ref, bits_sci, config, plan):
     nan = jnp.asarray(jnp.nan, dtype=dtype)
     rms = jnp.where(ok, fit_rms(z_diag, valid_diag, model, plan.diag_y, plan.diag_x), nan)
     mse = jnp.where(ok, matched_mse(diff, model, usable), nan)
-    var = jnp.where(ok, diff_im_var(diff_var, usable, config.numSigmaClip, config.numIter), nan)
+    var = jnp.where(ok, diff_im_var(diff_var, usable, nsig, config.numIter), nan)
     grid_err = jnp.where(valid, err, jnp.nan)
     grid_val = jnp.where(valid, value, jnp.nan)
     return dict(
@@ -265,9 +274,9 @@ def _same_edges(a, b) -> bool:
 
 
 @eqx.filter_jit
-def _match_batch(ref, sci, roughness, bits_ref, bits_sci, config, bin_size):
+def _match_batch(ref, sci, hyper, bits_ref, bits_sci, config, bin_size):
     plan = plan_fit(config, ref.image.shape, bin_size)
-    fn = lambda s: _match_one(ref, s, roughness, bits_ref, bits_sci, config, plan)  # noqa: E731
+    fn = lambda s: _match_one(ref, s, hyper, bits_ref, bits_sci, config, plan)  # noqa: E731
     return jax.vmap(fn)(sci), plan.basis
 
 
@@ -277,6 +286,8 @@ def match(
     config: MatchBackgroundsConfig | None = None,
     *,
     roughness: float | Float[Array, ""] | None = None,
+    num_sigma_clip: float | Float[Array, ""] | None = None,
+    clip_sharpness: float | Float[Array, ""] | None = None,
     raise_on_failure: bool = True,
 ) -> MatchResult:
     """Match the backgrounds of N science exposures to one reference, in one call.
@@ -286,8 +297,15 @@ def match(
         science: a batch ``(N, H, W)`` (see `stack_exposures`) or one exposure
             (then the result keeps a batch axis of 1).
         config: `MatchBackgroundsConfig` (static; default LSST settings).
-        roughness: spline roughness λ ≥ 0 (array leaf: differentiable, no
-            recompilation when it changes); default ``config.splineRoughness``.
+        roughness: roughness penalty λ ≥ 0 (spline: second differences of the
+            knot values; Chebyshev: order-weighted ridge); default
+            ``config.splineRoughness``.
+        num_sigma_clip: clip threshold of ``MEANCLIP`` and ``diffImVar``; default
+            ``config.numSigmaClip``.
+        clip_sharpness: β of the smooth clipping weight; default
+            ``config.clipSharpness`` (None: LSST's hard clip).
+        These three are array arguments: differentiable, and changing their
+        values does not recompile.
         raise_on_failure: outside `jit`, raise `ValueError` naming every exposure
             whose fit failed. Inside a transformation (jit/grad/vmap) the check is
             skipped: read ``result.status``.
@@ -323,11 +341,10 @@ def match(
     reference, science = _cast(reference, dtype), _cast(science, dtype)
     bits_ref = reference.bitmask(config.badMaskPlanes)
     bits_sci = science.bitmask(config.badMaskPlanes)
-    rough = config.splineRoughness if roughness is None else roughness
-    rough = jnp.asarray(rough, dtype=dtype)
+    hyper = _hyperparameters(config, dtype, roughness, num_sigma_clip, clip_sharpness)
     plan_fit(config, reference.image.shape, config.binSize)  # eager shape checks
     out, basis = _match_batch(
-        reference, science, rough, bits_ref, bits_sci, config, config.binSize
+        reference, science, hyper, bits_ref, bits_sci, config, config.binSize
     )
     out["bin_size"] = jnp.full(out["status"].shape, config.binSize, dtype=jnp.int32)
     traced = isinstance(out["status"], jax.core.Tracer)
@@ -337,7 +354,7 @@ def match(
                 "undersampleStyle='INCREASE_NXNYSAMPLE' re-bins data-dependently and cannot "
                 "run under jit/grad/vmap; use REDUCE_INTERP_ORDER or THROW_EXCEPTION there"
             )
-        out = _increase_nxnysample(reference, science, rough, bits_ref, bits_sci, config, out)
+        out = _increase_nxnysample(reference, science, hyper, bits_ref, bits_sci, config, out)
     result = MatchResult(
         model=BackgroundModel(out["coefficients"], basis),
         **{k: v for k, v in out.items() if k != "coefficients"},
@@ -347,7 +364,19 @@ def match(
     return result
 
 
-def _increase_nxnysample(reference, science, rough, bits_ref, bits_sci, config, out):
+def _hyperparameters(config, dtype, roughness, num_sigma_clip, clip_sharpness):
+    """The continuous hyperparameters as arrays (defaults from the config)."""
+    rough = config.splineRoughness if roughness is None else roughness
+    nsig = config.numSigmaClip if num_sigma_clip is None else num_sigma_clip
+    sharp = config.clipSharpness if clip_sharpness is None else clip_sharpness
+    return dict(
+        roughness=jnp.asarray(rough, dtype=dtype),
+        num_sigma_clip=jnp.asarray(nsig, dtype=dtype),
+        clip_sharpness=None if sharp is None else jnp.asarray(sharp, dtype=dtype),
+    )
+
+
+def _increase_nxnysample(reference, science, hyper, bits_ref, bits_sci, config, out):
     """Re-bin the undersampled exposures once with ``(m · binSize) // (order + 1)``."""
     status = np.asarray(out["status"])
     m = np.asarray(out["min_sampled"])
@@ -364,7 +393,7 @@ def _increase_nxnysample(reference, science, rough, bits_ref, bits_sci, config, 
         except ValueError:
             continue  # still undersampled: the status stays UNDERSAMPLED
         sub = jax.tree.map(lambda a: a[idx], science)
-        redo, _ = _match_batch(reference, sub, rough, bits_ref, bits_sci, throw, int(size))
+        redo, _ = _match_batch(reference, sub, hyper, bits_ref, bits_sci, throw, int(size))
         for key, val in redo.items():
             if out[key].shape[1:] == val.shape[1:]:
                 out[key] = out[key].at[idx].set(val)

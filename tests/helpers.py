@@ -76,4 +76,5 @@ def oracle_kwargs(config):
         grid_stdev_epsilon=config.gridStdevEpsilon,
         roughness=config.splineRoughness,
         knot_spacing=config.splineKnotSpacing,
+        clip_sharpness=config.clipSharpness,
     )

@@ -33,6 +33,7 @@ STATUS_UNDERSAMPLED = 2
 STATUS_NONFINITE = 3
 
 LAMBDA_FLOOR_SPLINE = 1e-6
+LAMBDA_FLOOR_CHEBYSHEV = 1e-12
 EPSILON_PER_VALID_CELL = 1e-10
 
 # Section 5: spline styles, their degree and afw's minimum number of knots per axis.
@@ -79,7 +80,7 @@ def _sample_std(values):
     return float(np.std(values, ddof=1))
 
 
-def cell_statistic(values_1d_usable, statistic, num_sigma_clip, num_iter):
+def cell_statistic(values_1d_usable, statistic, num_sigma_clip, num_iter, clip_sharpness=None):
     """Statistic of the usable values of one cell: ``(value, s, m)``.
 
     The valid-cell rule (``n >= 2``) is applied by the caller; here fewer than
@@ -93,6 +94,20 @@ def cell_statistic(values_1d_usable, statistic, num_sigma_clip, num_iter):
         return _mean(x), _sample_std(x), n
     if statistic == "MEDIAN":
         return float(np.median(x)), _sample_std(x), n
+    if statistic == "MEANCLIP" and clip_sharpness is not None:
+        # Smooth clipping: weights sigmoid(beta (nsig - |x - mu| / s)).
+        w = np.ones(n)
+        mu, s = _mean(x), _sample_std(x)
+        for _ in range(int(num_iter)):
+            if not (s > 0):
+                continue
+            trial = 1.0 / (1.0 + np.exp(-clip_sharpness * (num_sigma_clip - np.abs(x - mu) / s)))
+            if trial.sum() < 2:
+                continue
+            w = trial
+            mu = float(np.sum(w * x) / np.sum(w))
+            s = float(np.sqrt(np.sum(w * (x - mu) ** 2) / (np.sum(w) - 1)))
+        return mu, s, float(np.sum(w))
     if statistic == "MEANCLIP":
         kept = x
         mu = _mean(kept)
@@ -235,7 +250,7 @@ def spline_knots(centres, knot_spacing):
 # --------------------------------------------------------------------------
 # Sections 2-4: grid statistics and weights
 # --------------------------------------------------------------------------
-def _grid(diff, usable, bin_size, statistic, num_sigma_clip, num_iter, eps):
+def _grid(diff, usable, bin_size, statistic, num_sigma_clip, num_iter, eps, clip_sharpness=None):
     """Cell values, errors, valid flags and normalised weights of the fit grid."""
     height, width = diff.shape
     ys, yn = cell_edges(height, bin_size)
@@ -251,7 +266,7 @@ def _grid(diff, usable, bin_size, statistic, num_sigma_clip, num_iter, eps):
             vals = block[ok]
             if len(vals) < 2:
                 continue
-            value, s, m = cell_statistic(vals, statistic, num_sigma_clip, num_iter)
+            value, s, m = cell_statistic(vals, statistic, num_sigma_clip, num_iter, clip_sharpness)
             values[i, j] = value
             errors[i, j] = max(s, eps) / math.sqrt(m)
             valid[i, j] = True
@@ -323,7 +338,8 @@ def _design(y_basis_cells, x_basis_cells):
 # --------------------------------------------------------------------------
 # Section 8: diagnostics
 # --------------------------------------------------------------------------
-def _fit_rms(diff, usable, model, bin_size, statistic, num_sigma_clip, num_iter):
+def _fit_rms(diff, usable, model, bin_size, statistic, num_sigma_clip, num_iter,
+             clip_sharpness=None):
     height, width = diff.shape
     residuals = []
     for y0 in range(0, height, bin_size):
@@ -334,7 +350,7 @@ def _fit_rms(diff, usable, model, bin_size, statistic, num_sigma_clip, num_iter)
             vals = diff[y0 : y0 + ysize, x0 : x0 + xsize][ok]
             if len(vals) < 2:
                 continue
-            z, _, _ = cell_statistic(vals, statistic, num_sigma_clip, num_iter)
+            z, _, _ = cell_statistic(vals, statistic, num_sigma_clip, num_iter, clip_sharpness)
             residuals.append(z - model[y0 + ysize // 2, x0 + xsize // 2])
     if not residuals:
         return math.nan
@@ -368,6 +384,7 @@ def oracle_match(
     grid_stdev_epsilon=1e-8,
     roughness=0.0,
     knot_spacing=1,
+    clip_sharpness=None,
 ) -> dict:
     ref_image = np.asarray(ref_image, dtype=np.float64)
     sci_image = np.asarray(sci_image, dtype=np.float64)
@@ -390,7 +407,7 @@ def oracle_match(
     usable_var = usable & np.isfinite(diff_var)
 
     def grid_for(b):
-        g = _grid(diff, usable, b, grid_statistic, num_sigma_clip, num_iter, eps)
+        g = _grid(diff, usable, b, grid_statistic, num_sigma_clip, num_iter, eps, clip_sharpness)
         g["weights"] = _weights(g["errors"], g["valid"], approx_weighting, eps)
         return g
 
@@ -463,8 +480,9 @@ def oracle_match(
         x_cells = chebyshev_matrix(xc_t, order_x)
         y_pix = chebyshev_matrix(2.0 * (ys_pix + 0.5) / height - 1.0, order_yy)
         x_pix = chebyshev_matrix(2.0 * (xs_pix + 0.5) / width - 1.0, order_x)
-        penalty = np.zeros((0, ky * kx))
-        lam_total = 0.0
+        # Section 6: order-weighted ridge  sum (p + q)^2 C[p, q]^2.
+        penalty = np.diag([float(p + q) for p in range(ky) for q in range(kx)])
+        lam_total = float(roughness) + LAMBDA_FLOOR_CHEBYSHEV
         effective_order = (eff_y, eff_x)
         style_used = None
         akima = None
@@ -551,7 +569,8 @@ def oracle_match(
         return failed(STATUS_NONFINITE)
 
     # Section 8 (fitRMS on the configured binSize; see the module docstring).
-    fit_rms = _fit_rms(diff, usable, model, bin_size, grid_statistic, num_sigma_clip, num_iter)
+    fit_rms = _fit_rms(diff, usable, model, bin_size, grid_statistic, num_sigma_clip, num_iter,
+                       clip_sharpness)
     resid = (diff - model)[usable]
     matched_mse = float(np.mean(resid**2)) if resid.size else math.nan
     diff_im_var, _, _ = cell_statistic(diff_var[usable_var], "MEANCLIP", num_sigma_clip, num_iter)

@@ -30,6 +30,11 @@ CASES = {
              gridStatistic="MEDIAN"),
     ),
     "cheb-odd-shape": (ODD_SHAPE, dict(usePolynomial=True, order=2, binSize=16)),
+    "cheb-ridge-softclip": (
+        SHAPE,
+        dict(usePolynomial=True, order=4, binSize=16, splineRoughness=0.2,
+             gridStatistic="MEANCLIP", clipSharpness=4.0, numSigmaClip=2.0),
+    ),
     "akima-mean": (SHAPE, dict(binSize=16)),
     "natural-clip-rough": (
         SHAPE,
