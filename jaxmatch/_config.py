@@ -157,7 +157,9 @@ class MatchBackgroundsConfig:
                 "(the LSST 'TOTAL' basis has one order)"
             )
         if not self.usePolynomial and self.interpStyle == "NONE":
-            raise ValueError("interpStyle='NONE' cannot be used for the spline model (usePolynomial=False)")
+            raise ValueError(
+                "interpStyle='NONE' cannot be used for the spline model (usePolynomial=False)"
+            )
         for plane in self.badMaskPlanes:
             if not isinstance(plane, str) or not plane:
                 raise ValueError(f"badMaskPlanes must hold plane names, got {plane!r}")

@@ -41,7 +41,9 @@ def matched_mse(
     """Mean of ``(diff - model)²`` over usable pixels [ADU²]."""
     resid = jnp.where(usable, jnp.where(usable, diff, 0) - model_image, 0)
     count = jnp.sum(usable)
-    return jnp.where(count > 0, jnp.sum(resid * resid) / jnp.maximum(count, 1).astype(resid.dtype), jnp.nan)
+    return jnp.where(
+        count > 0, jnp.sum(resid * resid) / jnp.maximum(count, 1).astype(resid.dtype), jnp.nan
+    )
 
 
 def diff_im_var(

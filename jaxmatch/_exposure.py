@@ -83,7 +83,11 @@ class Exposure(eqx.Module):
             variance = variance.astype(image.dtype)
         planes = dict(DEFAULT_MASK_PLANES if mask_planes is None else mask_planes)
         for name, bit in planes.items():
-            if not isinstance(name, str) or not isinstance(bit, (int, np.integer)) or not 0 <= bit < 31:
+            if (
+                not isinstance(name, str)
+                or not isinstance(bit, (int, np.integer))
+                or not 0 <= bit < 31
+            ):
                 raise ValueError(f"mask plane {name!r} must map to a bit in 0..30, got {bit!r}")
         if len(set(planes.values())) != len(planes):
             raise ValueError(f"mask planes share a bit: {planes}")
@@ -186,12 +190,16 @@ def estimate_variance(
     """
     good = jnp.isfinite(image) & (mask == 0)
     pair = good[..., :, 1:] & good[..., :, :-1]
+    if pair.shape[-1] * pair.shape[-2] == 0:  # W == 1: no horizontal pairs at all
+        return jnp.full(image.shape, jnp.nan, dtype=image.dtype)
     delta = jnp.where(pair, image[..., :, 1:] - image[..., :, :-1], jnp.nan)
     flat = delta.reshape(delta.shape[:-2] + (-1,))
     med = jnp.nanmedian(flat, axis=-1, keepdims=True)
     mad = jnp.nanmedian(jnp.abs(flat - med), axis=-1)
     sigma = _MAD_TO_SIGMA * mad / jnp.sqrt(2.0)
-    var = (sigma**2).astype(image.dtype)
+    # One pair gives MAD = 0 (a spurious zero variance): NaN below two pairs.
+    n_pairs = jnp.sum(pair, axis=(-2, -1))
+    var = jnp.where(n_pairs >= 2, sigma**2, jnp.nan).astype(image.dtype)
     return jnp.broadcast_to(var[..., None, None], image.shape)
 
 

@@ -144,7 +144,11 @@ def plan_fit(config: MatchBackgroundsConfig, shape: tuple[int, int], bin_size: i
                 )
             style = max_style(fewest)
         basis = Basis(
-            "SPLINE", (h, w), style=style, knots_y=tuple(map(float, ky)), knots_x=tuple(map(float, kx))
+            "SPLINE",
+            (h, w),
+            style=style,
+            knots_y=tuple(map(float, ky)),
+            knots_x=tuple(map(float, kx)),
         )
     return _Plan(fit_y, fit_x, diag_y, diag_x, basis)
 
@@ -325,7 +329,9 @@ def match(
         if not isinstance(exp, Exposure):
             raise TypeError(f"{name} must be a jaxmatch.Exposure, got {type(exp).__name__}")
     if reference.batch_shape:
-        raise ValueError(f"reference must be one exposure (H, W), got shape {reference.image.shape}")
+        raise ValueError(
+            f"reference must be one exposure (H, W), got shape {reference.image.shape}"
+        )
     if len(science.batch_shape) > 1:
         raise ValueError(f"science must be (N, H, W) or (H, W), got shape {science.image.shape}")
     if science.image.shape[-2:] != reference.image.shape:
@@ -343,9 +349,7 @@ def match(
     bits_sci = science.bitmask(config.badMaskPlanes)
     hyper = _hyperparameters(config, dtype, roughness, num_sigma_clip, clip_sharpness)
     plan_fit(config, reference.image.shape, config.binSize)  # eager shape checks
-    out, basis = _match_batch(
-        reference, science, hyper, bits_ref, bits_sci, config, config.binSize
-    )
+    out, basis = _match_batch(reference, science, hyper, bits_ref, bits_sci, config, config.binSize)
     out["bin_size"] = jnp.full(out["status"].shape, config.binSize, dtype=jnp.int32)
     traced = isinstance(out["status"], jax.core.Tracer)
     if config.usePolynomial and config.undersampleStyle == "INCREASE_NXNYSAMPLE":
@@ -398,8 +402,10 @@ def _increase_nxnysample(reference, science, hyper, bits_ref, bits_sci, config, 
             if out[key].shape[1:] == val.shape[1:]:
                 out[key] = out[key].at[idx].set(val)
         # A re-binned grid left with no valid bin is still an undersampling failure.
-        out["status"] = out["status"].at[idx].set(
-            jnp.where(redo["status"] == NO_OVERLAP, UNDERSAMPLED, redo["status"])
+        out["status"] = (
+            out["status"]
+            .at[idx]
+            .set(jnp.where(redo["status"] == NO_OVERLAP, UNDERSAMPLED, redo["status"]))
         )
         out["bin_size"] = out["bin_size"].at[idx].set(int(size))
     return out
@@ -423,4 +429,6 @@ def _working_dtype(config, *exposures):
 def _cast(exp: Exposure, dtype) -> Exposure:
     if exp.image.dtype == dtype and exp.variance.dtype == dtype:
         return exp
-    return dataclasses.replace(exp, image=exp.image.astype(dtype), variance=exp.variance.astype(dtype))
+    return dataclasses.replace(
+        exp, image=exp.image.astype(dtype), variance=exp.variance.astype(dtype)
+    )

@@ -50,7 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     def common(p):
         p.add_argument("--config", type=Path, help="TOML file of MatchBackgroundsConfig fields")
         p.add_argument(
-            "--set", action="append", default=[], metavar="KEY=VALUE",
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
             help="override a config field, e.g. --set binSize=64 (repeatable)",
         )
         p.add_argument("--float64", action="store_true", help="compute in float64")
@@ -128,7 +131,9 @@ def _demo(args, config) -> int:
     dtype = jnp.float64 if args.float64 else jnp.float32
     exposures = [
         Exposure(
-            patch.images[i].astype(dtype), patch.masks[i], patch.variances[i].astype(dtype),
+            patch.images[i].astype(dtype),
+            patch.masks[i],
+            patch.variances[i].astype(dtype),
             mask_planes=patch.mask_planes,
         )
         for i in range(args.exposures)
@@ -155,18 +160,24 @@ def _demo(args, config) -> int:
     sigma = float(np.sqrt(np.median(patch.variances[ref])))
     print(
         f"jaxmatch demo: {args.exposures} exposures of {args.size}x{args.size} "
-        f"(seed {args.seed}), {'spline ' + config.interpStyle if not config.usePolynomial else f'Chebyshev order {config.order}'}, "
+        f"(seed {args.seed}), {_describe_model(config)}, "
         f"binSize {config.binSize}, {config.gridStatistic}"
     )
     _print_table(rows)
-    after = [r["mismatch_after"] for r in rows if r["mismatch_after"] is not None and r["reference"] == "no"]
+    after = [
+        r["mismatch_after"]
+        for r in rows
+        if r["mismatch_after"] is not None and r["reference"] == "no"
+    ]
     before = [r["mismatch_before"] for r in rows if r["reference"] == "no"]
     print(
         f"\naccuracy against the simulated truth (RMS of true minus fitted background "
         f"difference, per-pixel noise sigma = {sigma:.2f} ADU):"
     )
-    print(f"  before matching: mean {np.mean(before):.3f} ADU   after: mean {np.mean(after):.3f} ADU "
-          f"({np.mean(after) / sigma:.3f} sigma), worst {np.max(after):.3f} ADU")
+    print(
+        f"  before matching: mean {np.mean(before):.3f} ADU   after: mean {np.mean(after):.3f} ADU "
+        f"({np.mean(after) / sigma:.3f} sigma), worst {np.max(after):.3f} ADU"
+    )
     print(f"  simulate {t1 - t0:.2f} s, match (incl. compilation) {t2 - t1:.2f} s")
     if args.table:
         _write_table(rows, args.table)
@@ -177,6 +188,12 @@ def _demo(args, config) -> int:
         print(f"  figure written to {args.plot}")
     failed = sum(1 for r in rows if r["mismatch_after"] is None)
     return 1 if failed else 0
+
+
+def _describe_model(config) -> str:
+    if config.usePolynomial:
+        return f"Chebyshev order {config.order}"
+    return f"spline {config.interpStyle}"
 
 
 def _match(args, config) -> int:
@@ -197,10 +214,14 @@ def _match(args, config) -> int:
             raise ValueError(f"cannot read {f}: {err}") from None
     shapes = {tuple(e.image.shape) for e in exposures}
     if len(shapes) > 1:
-        raise ValueError(f"the exposures have different shapes {sorted(shapes)}; all must share one pixel grid")
+        raise ValueError(
+            f"the exposures have different shapes {sorted(shapes)}; all must share one pixel grid"
+        )
     task = MatchBackgroundsTask(config)
     refIndex = None if args.ref is None else [f.resolve() for f in files].index(args.ref.resolve())
-    result = task.run(exposures, "fits", refExpDataRef=None if refIndex is None else exposures[refIndex])
+    result = task.run(
+        exposures, "fits", refExpDataRef=None if refIndex is None else exposures[refIndex]
+    )
     rows = []
     for f, exp, info in zip(files, exposures, result.backgroundInfoList):
         rows.append(_row(str(f), info))

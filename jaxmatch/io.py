@@ -38,8 +38,11 @@ def readExposure(path: str | os.PathLike) -> Exposure:
         raise FileNotFoundError(f"no such FITS file: {path}")
     try:
         with warnings.catch_warnings():
-            # astropy only warns about a truncated file (and pads the data): refuse it.
-            warnings.filterwarnings("error", message="File may have been truncated")
+            # astropy only warns about a truncated file (it pads short data and drops
+            # an HDU whose header is cut): refuse such a file instead.
+            warnings.filterwarnings(
+                "error", message="(File may have been truncated|Error validating header)"
+            )
             with fits.open(path, memmap=False) as hdus:
                 names = {h.name.upper(): h for h in hdus}
                 if "IMAGE" in names:
@@ -60,7 +63,9 @@ def readExposure(path: str | os.PathLike) -> Exposure:
     except (OSError, TypeError, ValueError, IndexError, KeyError, UserWarning) as err:
         raise ValueError(f"cannot read {path} as a FITS exposure: {err}") from err
     if image is None or image.ndim != 2:
-        raise ValueError(f"{path}: the image must be 2-D, got {None if image is None else image.shape}")
+        raise ValueError(
+            f"{path}: the image must be 2-D, got {None if image is None else image.shape}"
+        )
     image = image.astype(np.float64) if not np.issubdtype(image.dtype, np.floating) else image
     return Exposure(image, mask, variance, mask_planes=planes)
 
@@ -88,6 +93,9 @@ def atomic_write(path: Path, write) -> None:
     """Call ``write(file_object)`` on a temporary file, then rename it to ``path``."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -111,7 +119,9 @@ def _plane_keyword(name: str) -> str:
 
 
 def _planes(header) -> dict[str, int]:
-    planes = {k[len(_PLANE_PREFIX):]: int(v) for k, v in header.items() if k.startswith(_PLANE_PREFIX)}
+    planes = {
+        k[len(_PLANE_PREFIX) :]: int(v) for k, v in header.items() if k.startswith(_PLANE_PREFIX)
+    }
     return planes or dict(DEFAULT_MASK_PLANES)
 
 
@@ -120,4 +130,8 @@ def _native(data):
     if data is None:
         return None
     data = np.asarray(data)
-    return data.astype(data.dtype.newbyteorder("=")) if data.dtype.byteorder not in ("=", "|") else data
+    return (
+        data.astype(data.dtype.newbyteorder("="))
+        if data.dtype.byteorder not in ("=", "|")
+        else data
+    )

@@ -17,8 +17,14 @@ def smooth_field(shape, rng, amplitude=3.0):
     y, x = np.mgrid[:h, :w]
     u, v = 2 * (x + 0.5) / w - 1, 2 * (y + 0.5) / h - 1
     c = rng.normal(size=6)
-    return amplitude * (c[0] + c[1] * u + c[2] * v + 0.5 * c[3] * u * v + 0.3 * c[4] * (2 * u**2 - 1)
-                        + 0.3 * c[5] * np.sin(2.0 * v))
+    return amplitude * (
+        c[0]
+        + c[1] * u
+        + c[2] * v
+        + 0.5 * c[3] * u * v
+        + 0.3 * c[4] * (2 * u**2 - 1)
+        + 0.3 * c[5] * np.sin(2.0 * v)
+    )
 
 
 def make_pair_batch(rng, shape, n_sci=2, *, sigma=1.0, sky=100.0, defects=True):

@@ -338,8 +338,9 @@ def _design(y_basis_cells, x_basis_cells):
 # --------------------------------------------------------------------------
 # Section 8: diagnostics
 # --------------------------------------------------------------------------
-def _fit_rms(diff, usable, model, bin_size, statistic, num_sigma_clip, num_iter,
-             clip_sharpness=None):
+def _fit_rms(
+    diff, usable, model, bin_size, statistic, num_sigma_clip, num_iter, clip_sharpness=None
+):
     height, width = diff.shape
     residuals = []
     for y0 in range(0, height, bin_size):
@@ -569,8 +570,9 @@ def oracle_match(
         return failed(STATUS_NONFINITE)
 
     # Section 8 (fitRMS on the configured binSize; see the module docstring).
-    fit_rms = _fit_rms(diff, usable, model, bin_size, grid_statistic, num_sigma_clip, num_iter,
-                       clip_sharpness)
+    fit_rms = _fit_rms(
+        diff, usable, model, bin_size, grid_statistic, num_sigma_clip, num_iter, clip_sharpness
+    )
     resid = (diff - model)[usable]
     matched_mse = float(np.mean(resid**2)) if resid.size else math.nan
     diff_im_var, _, _ = cell_statistic(diff_var[usable_var], "MEANCLIP", num_sigma_clip, num_iter)

@@ -21,38 +21,63 @@ CASES = {
     "cheb-total-mean": (SHAPE, dict(usePolynomial=True, order=3, binSize=16)),
     "cheb-total-clip-unweighted": (
         SHAPE,
-        dict(usePolynomial=True, order=4, binSize=16, gridStatistic="MEANCLIP",
-             approxWeighting=False),
+        dict(
+            usePolynomial=True, order=4, binSize=16, gridStatistic="MEANCLIP", approxWeighting=False
+        ),
     ),
     "cheb-tensor-median": (
         SHAPE,
-        dict(usePolynomial=True, order=2, orderY=1, chebyshevTerms="TENSOR", binSize=16,
-             gridStatistic="MEDIAN"),
+        dict(
+            usePolynomial=True,
+            order=2,
+            orderY=1,
+            chebyshevTerms="TENSOR",
+            binSize=16,
+            gridStatistic="MEDIAN",
+        ),
     ),
     "cheb-odd-shape": (ODD_SHAPE, dict(usePolynomial=True, order=2, binSize=16)),
     "cheb-ridge-softclip": (
         SHAPE,
-        dict(usePolynomial=True, order=4, binSize=16, splineRoughness=0.2,
-             gridStatistic="MEANCLIP", clipSharpness=4.0, numSigmaClip=2.0),
+        dict(
+            usePolynomial=True,
+            order=4,
+            binSize=16,
+            splineRoughness=0.2,
+            gridStatistic="MEANCLIP",
+            clipSharpness=4.0,
+            numSigmaClip=2.0,
+        ),
     ),
     "akima-mean": (SHAPE, dict(binSize=16)),
     "natural-clip-rough": (
         SHAPE,
-        dict(binSize=16, interpStyle="NATURAL_SPLINE", gridStatistic="MEANCLIP",
-             splineRoughness=0.5, numSigmaClip=2.5, numIter=3),
+        dict(
+            binSize=16,
+            interpStyle="NATURAL_SPLINE",
+            gridStatistic="MEANCLIP",
+            splineRoughness=0.5,
+            numSigmaClip=2.5,
+            numIter=3,
+        ),
     ),
     "linear-median": (SHAPE, dict(binSize=16, interpStyle="LINEAR", gridStatistic="MEDIAN")),
     "constant-mean": (SHAPE, dict(binSize=16, interpStyle="CONSTANT")),
     "natural-odd-shape-knots2": (
-        ODD_SHAPE, dict(binSize=16, interpStyle="NATURAL_SPLINE", splineKnotSpacing=2),
+        ODD_SHAPE,
+        dict(binSize=16, interpStyle="NATURAL_SPLINE", splineKnotSpacing=2),
     ),
 }
 
 
 def _compare(result, k, ref, sci, config, *, grid=True):
     expected = oracle_match(
-        np.asarray(ref.image), np.asarray(ref.mask), np.asarray(ref.variance),
-        np.asarray(sci.image[k]), np.asarray(sci.mask[k]), np.asarray(sci.variance[k]),
+        np.asarray(ref.image),
+        np.asarray(ref.mask),
+        np.asarray(ref.variance),
+        np.asarray(sci.image[k]),
+        np.asarray(sci.mask[k]),
+        np.asarray(sci.variance[k]),
         bad_bits_ref=ref.bitmask(config.badMaskPlanes),
         bad_bits_sci=sci.bitmask(config.badMaskPlanes),
         **oracle_kwargs(config),
@@ -65,8 +90,11 @@ def _compare(result, k, ref, sci, config, *, grid=True):
     np.testing.assert_allclose(result.model.coefficients[k], expected["coefficients"], RTOL, ATOL)
     np.testing.assert_allclose(result.model[k].getImage(), expected["model"], RTOL, ATOL)
     np.testing.assert_allclose(result.matched[k], expected["matched"], RTOL, ATOL)
-    for name, key in (("fitRMS", "fit_rms"), ("matchedMSE", "matched_mse"),
-                      ("diffImVar", "diff_im_var")):
+    for name, key in (
+        ("fitRMS", "fit_rms"),
+        ("matchedMSE", "matched_mse"),
+        ("diffImVar", "diff_im_var"),
+    ):
         np.testing.assert_allclose(getattr(result, name)[k], expected[key], RTOL, ATOL)
     return expected
 
@@ -80,22 +108,25 @@ def test_matches_oracle(case):
     for k in range(2):
         expected = _compare(result, k, ref, sci, config)
         if config.usePolynomial:
-            assert tuple(np.asarray(result.effective_order[k])) == tuple(expected["effective_order"])
+            assert tuple(np.asarray(result.effective_order[k])) == tuple(
+                expected["effective_order"]
+            )
 
 
 def _column_masked(shape, keep_columns, rng):
     """A batch whose science exposure is masked except in ``keep_columns`` bin columns."""
     ref, sci, _ = make_pair_batch(rng, shape, n_sci=1, defects=False)
     mask = np.array(sci.mask)
-    mask[0, :, keep_columns * 16:] |= 1 << jm.DEFAULT_MASK_PLANES["NO_DATA"]
+    mask[0, :, keep_columns * 16 :] |= 1 << jm.DEFAULT_MASK_PLANES["NO_DATA"]
     return ref, jm.Exposure(sci.image, mask, sci.variance)
 
 
 @pytest.mark.parametrize("style", ["REDUCE_INTERP_ORDER", "THROW_EXCEPTION", "INCREASE_NXNYSAMPLE"])
 def test_undersampling_styles_match_oracle(style):
     """Only 2 bin columns are usable: order 3 is undersampled (m = 2 <= 3)."""
-    config = jm.MatchBackgroundsConfig(usePolynomial=True, order=3, binSize=16,
-                                       undersampleStyle=style)
+    config = jm.MatchBackgroundsConfig(
+        usePolynomial=True, order=3, binSize=16, undersampleStyle=style
+    )
     ref, sci = _column_masked(SHAPE, 2, np.random.default_rng(3))
     result = jm.match(ref, sci, config, raise_on_failure=False)
     expected = _compare(result, 0, ref, sci, config, grid=style != "INCREASE_NXNYSAMPLE")
@@ -120,12 +151,18 @@ def test_recovers_simulated_backgrounds():
     edge extrapolation add the rest.
     """
     patch = jm.simulate_patch(4, (192, 192), seed=3, coverage="partial")
-    exposures = [jm.Exposure(patch.images[i], patch.masks[i], patch.variances[i],
-                             mask_planes=patch.mask_planes) for i in range(4)]
+    exposures = [
+        jm.Exposure(
+            patch.images[i], patch.masks[i], patch.variances[i], mask_planes=patch.mask_planes
+        )
+        for i in range(4)
+    ]
     ref, sci = exposures[0], jm.stack_exposures(exposures[1:])
     sigma = float(np.sqrt(np.median(patch.variances[0])))
-    for fields in (dict(binSize=32, interpStyle="NATURAL_SPLINE"),
-                   dict(binSize=32, usePolynomial=True, order=3)):
+    for fields in (
+        dict(binSize=32, interpStyle="NATURAL_SPLINE"),
+        dict(binSize=32, usePolynomial=True, order=3),
+    ):
         result = jm.match(ref, sci, jm.MatchBackgroundsConfig(**fields))
         truth = patch.backgrounds[0] - patch.backgrounds[1:]
         rms = np.sqrt(np.mean((np.asarray(result.model.getImage()) - truth) ** 2, axis=(1, 2)))
@@ -155,19 +192,23 @@ def test_order_of_batch_does_not_matter():
     perm = np.array([2, 0, 1])
     a = jm.match(ref, sci, CONFIG_SMALL)
     b = jm.match(ref, jax.tree.map(lambda x: x[perm], sci), CONFIG_SMALL)
-    np.testing.assert_allclose(b.model.coefficients, a.model.coefficients[perm], rtol=1e-12,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        b.model.coefficients, a.model.coefficients[perm], rtol=1e-12, atol=1e-12
+    )
 
 
 def _directional_fd(fn, x, direction, h=1e-5):
     return (fn(x + h * direction) - fn(x - h * direction)) / (2 * h)
 
 
-@pytest.mark.parametrize("fields", [
-    dict(binSize=16, interpStyle="NATURAL_SPLINE", splineRoughness=0.3),
-    dict(binSize=16, usePolynomial=True, order=2),
-    dict(binSize=16),  # AKIMA (non-linear evaluation)
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        dict(binSize=16, interpStyle="NATURAL_SPLINE", splineRoughness=0.3),
+        dict(binSize=16, usePolynomial=True, order=2),
+        dict(binSize=16),  # AKIMA (non-linear evaluation)
+    ],
+)
 def test_gradients_match_finite_differences(fields):
     """d/d(science, reference, λ) of a scalar of the outputs vs central differences.
 
@@ -182,8 +223,9 @@ def test_gradients_match_finite_differences(fields):
         s = jm.Exposure(sci_image, sci.mask, sci.variance)
         r = jm.Exposure(ref_image, ref.mask, ref.variance)
         out = jm.match(r, s, config, roughness=rough, raise_on_failure=False)
-        return (jnp.sum(out.fitRMS**2) + jnp.sum(out.matchedMSE)
-                + jnp.mean(out.model.getImage() ** 2))
+        return (
+            jnp.sum(out.fitRMS**2) + jnp.sum(out.matchedMSE) + jnp.mean(out.model.getImage() ** 2)
+        )
 
     loss = jax.jit(loss)
     rough = jnp.asarray(0.3)
@@ -193,13 +235,19 @@ def test_gradients_match_finite_differences(fields):
     for arg, grad in ((0, grads[0]), (1, grads[1])):
         x = (sci.image, ref.image)[arg]
         direction = jnp.where(jnp.isfinite(x), jnp.asarray(rng.normal(size=x.shape)), 0.0)
-        fn = (lambda v: loss(v, ref.image, rough)) if arg == 0 else (
-            lambda v: loss(sci.image, v, rough))
+        fn = (
+            (lambda v: loss(v, ref.image, rough))
+            if arg == 0
+            else (lambda v: loss(sci.image, v, rough))
+        )
         fd = _directional_fd(fn, x, direction)
-        np.testing.assert_allclose(jnp.sum(jnp.where(jnp.isfinite(x), grad * direction, 0.0)),
-                                   fd, rtol=1e-6)
+        np.testing.assert_allclose(
+            jnp.sum(jnp.where(jnp.isfinite(x), grad * direction, 0.0)), fd, rtol=1e-6
+        )
     if not config.usePolynomial:
-        fd = (loss(sci.image, ref.image, rough + 1e-5) - loss(sci.image, ref.image, rough - 1e-5)) / 2e-5
+        fd = (
+            loss(sci.image, ref.image, rough + 1e-5) - loss(sci.image, ref.image, rough - 1e-5)
+        ) / 2e-5
         np.testing.assert_allclose(grads[2], fd, rtol=1e-6)
         assert abs(float(grads[2])) > 0  # λ does change the fit
 
@@ -234,8 +282,9 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="smaller than binSize"):
         jm.match(ref, sci, jm.MatchBackgroundsConfig(usePolynomial=True, order=1, binSize=100))
     with pytest.raises(ValueError, match="too few for interpStyle=AKIMA_SPLINE"):
-        jm.match(ref, sci, jm.MatchBackgroundsConfig(binSize=32,
-                                                     undersampleStyle="THROW_EXCEPTION"))
+        jm.match(
+            ref, sci, jm.MatchBackgroundsConfig(binSize=32, undersampleStyle="THROW_EXCEPTION")
+        )
     with pytest.raises(ValueError, match="not in this exposure's planes"):
         jm.match(ref, sci, jm.MatchBackgroundsConfig(binSize=16, badMaskPlanes=["NOPE"]))
 
