@@ -94,7 +94,9 @@ def _moments(x, weight, axes):
     var = jnp.sum(dev * (x - jnp.expand_dims(mean, axes)), axis=axes)
     enough = n_f >= 2
     var = var / jnp.where(enough, n_f - 1, 1.0)
-    std = jnp.sqrt(jnp.where(enough, var, 1.0))
+    # sqrt'(0) is infinite: a constant cell (var == 0) must not send NaN backwards.
+    positive = enough & (var > 0)
+    std = jnp.where(positive, jnp.sqrt(jnp.where(positive, var, 1.0)), 0.0)
     mean = jnp.where(n_f > 0, mean, jnp.nan)
     std = jnp.where(enough, std, jnp.nan)
     return n, mean, std

@@ -181,9 +181,13 @@ def _active_terms(config, valid):
     return active, under & (not reduce), eff_y, eff_x, m
 
 
-def _match_one(ref, sci, hyper, bits_ref, bits_sci, config, plan):
-    """Match one science exposure (single ``Exposure``) to the reference.
+def prepare_fit(ref, sci, hyper, bits_ref, bits_sci, config, plan) -> dict:
+    """Everything of one exposure's fit up to the solve (docs/algorithm.md §1-6).
 
+    Returns a dict: ``diff``, ``diff_var``, ``usable`` (H, W); the bin grid
+    ``value``, ``err``, ``valid``, ``sqrt_w`` (normalised √w̃) and ``z`` (ny, nx);
+    the least-squares pieces ``design`` (ny·nx, K), ``penalty``, ``sqrt_mu``,
+    ``active`` (K,), ``sqrt_eps``; and ``under``, ``orders``, ``m_min``, ``n_valid``.
     ``hyper`` holds the continuous hyperparameters as arrays: ``roughness``,
     ``num_sigma_clip`` and ``clip_sharpness`` (None for the hard clip).
     """
@@ -234,9 +238,53 @@ def _match_one(ref, sci, hyper, bits_ref, bits_sci, config, plan):
         sqrt_mu = jnp.sqrt(roughness + SPLINE_ROUGHNESS_FLOOR).astype(dtype)
         orders = jnp.full((2,), -1, dtype=jnp.int32)
     sqrt_eps = jnp.sqrt(RIDGE_PER_CELL * jnp.maximum(n_valid, 1).astype(dtype))
-    coef = solve_least_squares(
-        design, z.reshape(-1), sqrt_w.reshape(-1), penalty, sqrt_mu, active.reshape(-1), sqrt_eps
-    ).reshape(ky, kx)
+    return dict(
+        diff=diff,
+        diff_var=diff_var,
+        usable=usable,
+        stat=stat,
+        value=value,
+        err=err,
+        valid=valid,
+        sqrt_w=sqrt_w,
+        z=z,
+        design=design,
+        penalty=penalty,
+        sqrt_mu=sqrt_mu,
+        active=active.reshape(-1),
+        sqrt_eps=sqrt_eps,
+        under=under,
+        orders=orders,
+        m_min=m_min,
+        n_valid=n_valid,
+    )
+
+
+def solve_prepared(fit: dict, sqrt_w=None):
+    """Coefficients (K,) of a prepared fit; ``sqrt_w`` overrides the bin weights."""
+    sqrt_w = fit["sqrt_w"] if sqrt_w is None else sqrt_w
+    return solve_least_squares(
+        fit["design"],
+        fit["z"].reshape(-1),
+        sqrt_w.reshape(-1),
+        fit["penalty"],
+        fit["sqrt_mu"],
+        fit["active"],
+        fit["sqrt_eps"],
+    )
+
+
+def _match_one(ref, sci, hyper, bits_ref, bits_sci, config, plan):
+    """Match one science exposure (single ``Exposure``) to the reference."""
+    dtype = sci.image.dtype
+    fit = prepare_fit(ref, sci, hyper, bits_ref, bits_sci, config, plan)
+    basis = plan.basis
+    ky, kx = basis.coefficient_shape
+    coef = solve_prepared(fit).reshape(ky, kx)
+    diff, diff_var, usable, stat = fit["diff"], fit["diff_var"], fit["usable"], fit["stat"]
+    value, err, valid, sqrt_w = fit["value"], fit["err"], fit["valid"], fit["sqrt_w"]
+    n_valid, under, orders, m_min = fit["n_valid"], fit["under"], fit["orders"], fit["m_min"]
+    nsig = hyper["num_sigma_clip"]
 
     status = jnp.where(n_valid == 0, NO_OVERLAP, jnp.where(under, UNDERSAMPLED, SUCCESS))
     status = jnp.where((status == SUCCESS) & ~jnp.all(jnp.isfinite(coef)), NONFINITE, status)

@@ -19,9 +19,9 @@ from ._exposure import Exposure
 
 
 class ImageScaler(eqx.Module):
-    """Multiply an exposure's image by ``scale`` (a scalar or ``(H, W)``), variance by ``scale²``."""
+    """Multiply the image by ``scale`` (scalar or ``(H, W)``) and the variance by ``scale²``."""
 
-    scale: Float[Array, "..."]
+    scale: Float[Array, " ..."]
 
     def __init__(self, scale):
         scale = jnp.asarray(scale, dtype=float)

@@ -53,7 +53,7 @@ class MatchBackgroundsTask(Task):
     ConfigClass = MatchBackgroundsConfig
     _DefaultName = "matchBackgrounds"
 
-    refWeights: Float[Array, "3"]
+    refWeights: Float[Array, " 3"]
     softminTemperature: Float[Array, ""]
     splineRoughness: Float[Array, ""]
 
@@ -98,27 +98,24 @@ class MatchBackgroundsTask(Task):
                 f"imageScalerList has {len(imageScalerList)} entries, expRefList {len(expRefList)}"
             )
         with self.timer("run"):
+            # Every exposure must exist (RuntimeError naming it); each is read once.
+            scalers = imageScalerList or [None] * len(expRefList)
+            loaded = [_load(r, expDatasetType) for r in expRefList]
             if refExpDataRef is None:
-                refIndex = self.selectRefExposure(expRefList, imageScalerList, expDatasetType)
+                refIndex = self._referenceIndex([_scaled(e, s) for e, s in zip(loaded, scalers)])
                 refExpDataRef = expRefList[refIndex]
-                refImageScaler = None if imageScalerList is None else imageScalerList[refIndex]
+                refImageScaler = scalers[refIndex]
             isRef = [_same_ref(r, refExpDataRef) for r in expRefList]
             if not any(isRef):
                 raise ValueError(f"refExpDataRef {refExpDataRef!r} is not one of expRefList")
-            refExposure = _scaled(_load(refExpDataRef, expDatasetType), refImageScaler)
-            sciIndices = [i for i, r in enumerate(isRef) if not r]
-            infos: list[Struct | None] = [None] * len(expRefList)
-            for i, r in enumerate(isRef):
-                if r:
-                    infos[i] = _info(True)
+            refExposure = _scaled(loaded[isRef.index(True)], refImageScaler)
+            infos: list[Struct] = [_info(r) for r in isRef]
             batch, batchIndices = [], []
-            for i in sciIndices:
-                scaler = None if imageScalerList is None else imageScalerList[i]
-                exposure = _scaled(_load(expRefList[i], expDatasetType), scaler)
+            for i in (i for i, r in enumerate(isRef) if not r):
+                exposure = _scaled(loaded[i], scalers[i])
                 problem = _incompatible(refExposure, exposure)
                 if problem:
-                    self.log.warning("Failed to fit background %s: %s", _describe(expRefList[i]), problem)
-                    infos[i] = _info(False)
+                    self._logFailure(expRefList[i], problem)
                 else:
                     batch.append(exposure)
                     batchIndices.append(i)
@@ -130,8 +127,15 @@ class MatchBackgroundsTask(Task):
             )
         return Struct(backgroundInfoList=infos)
 
+    def _logFailure(self, ref, reason) -> None:
+        self.log.warning("Failed to fit background %s: %s", _describe(ref), reason)
+
     def _fitBatch(self, refExposure, group, indices, expRefList, infos):
-        """One batched call of the engine for exposures with one shape and plane set."""
+        """One batched call of the engine for exposures with one shape and plane set.
+
+        Any exception fails the exposures of this call (logged, None fields), as an
+        exception in one fit does in LSST's loop; the other groups go on.
+        """
         try:
             result = match(
                 refExposure,
@@ -140,28 +144,22 @@ class MatchBackgroundsTask(Task):
                 roughness=self.splineRoughness,
                 raise_on_failure=False,
             )
-        except ValueError as err:  # static problems (order too high, ...) fail the group
+            status = np.asarray(result.status)
+        except Exception as err:  # noqa: BLE001 - LSST logs a failed fit and goes on
             for i in indices:
-                self.log.warning("Failed to fit background %s: %s", _describe(expRefList[i]), err)
-                infos[i] = _info(False)
+                self._logFailure(expRefList[i], f"{type(err).__name__}: {err}")
             return
-        status = np.asarray(result.status)
         for k, i in enumerate(indices):
             if status[k] != SUCCESS:
-                self.log.warning(
-                    "Failed to fit background %s: %s",
-                    _describe(expRefList[i]),
-                    STATUS_MESSAGES[int(status[k])],
-                )
-                infos[i] = _info(False)
-            else:
-                infos[i] = Struct(
-                    isReference=False,
-                    backgroundModel=result.model[k],
-                    fitRMS=float(result.fitRMS[k]),
-                    matchedMSE=float(result.matchedMSE[k]),
-                    diffImVar=float(result.diffImVar[k]),
-                )
+                self._logFailure(expRefList[i], STATUS_MESSAGES[int(status[k])])
+                continue
+            infos[i] = Struct(
+                isReference=False,
+                backgroundModel=result.model[k],
+                fitRMS=float(result.fitRMS[k]),
+                matchedMSE=float(result.matchedMSE[k]),
+                diffImVar=float(result.diffImVar[k]),
+            )
 
     def selectRefExposure(
         self,
@@ -178,22 +176,27 @@ class MatchBackgroundsTask(Task):
             raise ValueError(
                 f"imageScalerList has {len(imageScalerList)} entries, expRefList {len(expRefList)}"
             )
-        stats = []
-        for i, ref in enumerate(expRefList):
+        scalers = imageScalerList or [None] * len(expRefList)
+        exposures = []
+        for ref, scaler in zip(expRefList, scalers):
             try:
-                exposure = _load(ref, expDatasetType)
+                exposures.append(_scaled(_load(ref, expDatasetType), scaler))
             except RuntimeError as err:
                 self.log.warning("Exposure %s not found; skipping it: %s", _describe(ref), err)
+                exposures.append(None)
+        if all(e is None for e in exposures):
+            raise RuntimeError("selectRefExposure: none of the exposures in expRefList was found")
+        return self._referenceIndex(exposures)
+
+    def _referenceIndex(self, exposures: list[Exposure | None]) -> int:
+        """argmin of the cost over loaded (scaled) exposures; None entries are skipped."""
+        stats = []
+        for exposure in exposures:
+            if exposure is None:
                 stats.append((np.nan, np.nan, np.nan))
                 continue
-            scaler = None if imageScalerList is None else imageScalerList[i]
-            exposure = _scaled(exposure, scaler)
-            variance, level, coverage = reference_statistics(
-                exposure.image, self._usable(exposure)
-            )
+            variance, level, coverage = reference_statistics(exposure.image, self._usable(exposure))
             stats.append((float(variance), float(level), float(coverage)))
-        if all(np.isnan(s[2]) for s in stats):
-            raise RuntimeError("selectRefExposure: none of the exposures in expRefList was found")
         variance, level, coverage = (jnp.asarray(col, dtype=float) for col in zip(*stats))
         costs = self.referenceCosts(variance, level, coverage)
         best = int(select_reference(costs))
@@ -216,10 +219,11 @@ class MatchBackgroundsTask(Task):
         if problem:
             raise RuntimeError(problem)
         with self.timer("matchBackgrounds"):
-            result = match(
-                refExposure, sciExposure, self.config, roughness=self.splineRoughness
-            )
-        object.__setattr__(sciExposure, "image", result.matched[0])  # LSST's in-place update
+            result = match(refExposure, sciExposure, self.config, roughness=self.splineRoughness)
+        # LSST's in-place update; the image keeps its pixel type (the engine may work in
+        # another dtype), so image and variance stay of one dtype, as Exposure requires.
+        matched = result.matched[0].astype(sciExposure.image.dtype)
+        object.__setattr__(sciExposure, "image", matched)
         return Struct(
             backgroundModel=result.model[0],
             fitRMS=float(result.fitRMS[0]),
@@ -248,7 +252,9 @@ class MatchBackgroundsTask(Task):
         """
         usable = jax.vmap(self._usable)(exposures)
         variance, level, coverage = jax.vmap(reference_statistics)(exposures.image, usable)
-        return softmin_weights(self.referenceCosts(variance, level, coverage), self.softminTemperature)
+        return softmin_weights(
+            self.referenceCosts(variance, level, coverage), self.softminTemperature
+        )
 
     def softReference(self, exposures: Exposure) -> Exposure:
         """The soft reference exposure ``Σ_i w_i x_i`` of a batch (differentiable).
