@@ -8,6 +8,15 @@ from ._exposure import (
     estimate_variance as estimate_variance,
     stack_exposures as stack_exposures,
 )
+from ._global import (
+    GlobalResult as GlobalResult,
+    choose_pairs as choose_pairs,
+    connected_groups as connected_groups,
+    match_all as match_all,
+    match_global as match_global,
+    model_uncertainty as model_uncertainty,
+    pair_overlaps as pair_overlaps,
+)
 from ._match import (
     STATUS_MESSAGES as STATUS_MESSAGES,
     MatchResult as MatchResult,

@@ -60,6 +60,15 @@ class MatchBackgroundsConfig:
       in ``numSigmaClip`` and β.
     - `softminTemperature`: temperature ``> 0`` of the soft-min reference selection.
     - `dtype`: ``"float32"``, ``"float64"`` or None (keep the inputs' dtype).
+    - `matchMode`: ``"REFERENCE"`` (LSST: each exposure against one reference) or
+      ``"GLOBAL"`` (every overlap at once, `jaxmatch.match_all`).
+    - `globalGauge`: ``"REFERENCE"`` (the reference's model is 0) or ``"MEAN"``
+      (each group's mean model is 0), GLOBAL mode only.
+    - `globalWeights`: ``"NUISANCE"`` (pair weights consistent with independent
+      per-exposure noise: calibrated uncertainties) or ``"PAIR"`` (each pair's own
+      ``1/e²``, as the core), GLOBAL mode only.
+    - `globalMaxPartners`: None (every overlapping pair) or the number of
+      best-overlapping partners kept per exposure, GLOBAL mode only.
     """
 
     usePolynomial: bool = False
@@ -84,6 +93,10 @@ class MatchBackgroundsConfig:
     clipSharpness: float | None = None
     softminTemperature: float = 0.05
     dtype: str | None = None
+    matchMode: str = "REFERENCE"
+    globalGauge: str = "REFERENCE"
+    globalWeights: str = "NUISANCE"
+    globalMaxPartners: int | None = None
 
     def __post_init__(self):
         # Lists are accepted for badMaskPlanes but stored as a tuple (hashable).
@@ -125,6 +138,13 @@ class MatchBackgroundsConfig:
         _check_choice("chebyshevTerms", self.chebyshevTerms, CHEBYSHEV_TERMS)
         if self.dtype is not None:
             _check_choice("dtype", self.dtype, DTYPES)
+        _check_choice("matchMode", self.matchMode, ("REFERENCE", "GLOBAL"))
+        _check_choice("globalGauge", self.globalGauge, ("REFERENCE", "MEAN"))
+        _check_choice("globalWeights", self.globalWeights, ("NUISANCE", "PAIR"))
+        if self.globalMaxPartners is not None:
+            _check_type("globalMaxPartners", self.globalMaxPartners, int)
+            if self.globalMaxPartners < 1:
+                raise ValueError(f"globalMaxPartners must be >= 1, got {self.globalMaxPartners}")
         if self.order < 0:
             raise ValueError(f"order must be >= 0, got {self.order}")
         if self.orderY is not None and self.orderY < 0:

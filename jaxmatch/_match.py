@@ -29,7 +29,7 @@ from ._config import MatchBackgroundsConfig
 from ._diagnostics import diff_im_var, fit_rms, matched_mse
 from ._exposure import Exposure
 from ._model import BackgroundModel, Basis
-from ._solve import solve_least_squares
+from ._solve import least_squares_covariance, solve_least_squares
 from ._spline import DEGREE, MIN_POINTS, difference_matrix, knots, max_style
 
 # Status codes (docs/algorithm.md §9), returned per exposure from inside jit.
@@ -52,6 +52,9 @@ class MatchResult(eqx.Module):
     """Results of `match` for N science exposures (leading axis N on every array).
 
     - ``model``: the `BackgroundModel` (coefficients ``(N, ky, kx)``).
+    - ``covariance``: ``(N, K, K)`` covariance of the flattened coefficients
+      (data units; scaled by the reduced χ² without `approxWeighting`); see
+      `jaxmatch.model_uncertainty` for the model's 1σ image.
     - ``matched``: ``sci.image + model`` ``(N, H, W)``; the unchanged science
       image where the fit failed.
     - ``fitRMS``, ``matchedMSE``, ``diffImVar``: LSST's diagnostics ``(N,)``.
@@ -69,6 +72,7 @@ class MatchResult(eqx.Module):
     """
 
     model: BackgroundModel
+    covariance: Float[Array, "N K K"]
     matched: Float[Array, "N H W"]
     fitRMS: Float[Array, " N"]
     matchedMSE: Float[Array, " N"]
@@ -208,7 +212,8 @@ def prepare_fit(ref, sci, hyper, bits_ref, bits_sci, config, plan) -> dict:
     weighted = config.approxWeighting & jnp.any(valid & (err > eps))
     sqrt_w = jnp.where(valid, jnp.where(weighted, 1.0 / err, 1.0), 0.0).astype(dtype)
     n_valid = jnp.sum(valid)
-    mean_w = jnp.sum(sqrt_w * sqrt_w) / jnp.maximum(n_valid, 1).astype(dtype)
+    w_raw = sqrt_w * sqrt_w  # 1/e² (or 1 unweighted), before the normalisation
+    mean_w = jnp.sum(w_raw) / jnp.maximum(n_valid, 1).astype(dtype)
     sqrt_w = sqrt_w / jnp.sqrt(jnp.where(n_valid > 0, mean_w, 1.0))
     z = jnp.where(valid, value, 0.0)
 
@@ -244,6 +249,7 @@ def prepare_fit(ref, sci, hyper, bits_ref, bits_sci, config, plan) -> dict:
         usable=usable,
         stat=stat,
         value=value,
+        w_raw=w_raw,
         err=err,
         valid=valid,
         sqrt_w=sqrt_w,
@@ -285,6 +291,21 @@ def _match_one(ref, sci, hyper, bits_ref, bits_sci, config, plan):
     value, err, valid, sqrt_w = fit["value"], fit["err"], fit["valid"], fit["sqrt_w"]
     n_valid, under, orders, m_min = fit["n_valid"], fit["under"], fit["orders"], fit["m_min"]
     nsig = hyper["num_sigma_clip"]
+    # Coefficient covariance in data units: the fit used w̃ = w / mean(w).
+    cov = least_squares_covariance(
+        fit["design"],
+        sqrt_w.reshape(-1),
+        fit["penalty"],
+        fit["sqrt_mu"],
+        fit["active"],
+        fit["sqrt_eps"],
+    )
+    mean_w = jnp.sum(fit["w_raw"]) / jnp.maximum(n_valid, 1).astype(dtype)
+    resid = jnp.where(valid, fit["z"] - (fit["design"] @ coef.reshape(-1)).reshape(valid.shape), 0)
+    dof = jnp.maximum(n_valid - jnp.sum(fit["active"]), 1).astype(dtype)
+    chi2_red = jnp.sum(sqrt_w**2 * resid**2) / dof
+    # Unit weights carry no noise scale: then the reduced χ² sets it.
+    cov = cov / mean_w if config.approxWeighting else cov * chi2_red
 
     status = jnp.where(n_valid == 0, NO_OVERLAP, jnp.where(under, UNDERSAMPLED, SUCCESS))
     status = jnp.where((status == SUCCESS) & ~jnp.all(jnp.isfinite(coef)), NONFINITE, status)
@@ -308,6 +329,7 @@ def _match_one(ref, sci, hyper, bits_ref, bits_sci, config, plan):
     grid_val = jnp.where(valid, value, jnp.nan)
     return dict(
         coefficients=coef,
+        covariance=jnp.where(ok, cov, jnp.nan),
         matched=matched,
         fitRMS=rms,
         matchedMSE=mse,

@@ -43,3 +43,29 @@ def solve_least_squares(
     q, r = jnp.linalg.qr(a, mode="reduced")
     coef = jsl.solve_triangular(r, q.T @ b, lower=False)
     return coef * act
+
+
+def least_squares_covariance(
+    design: Float[Array, "m k"],
+    sqrt_weights: Float[Array, " m"],
+    penalty: Float[Array, "p k"],
+    sqrt_mu: Float[Array, ""],
+    active: Bool[Array, " k"],
+    sqrt_eps: Float[Array, ""],
+) -> Float[Array, "k k"]:
+    """``(Bᵀ W B + μ DᵀD + ε I)⁻¹`` on the active terms (0 elsewhere), from ``R``.
+
+    With ``A = QR`` the stacked matrix of `solve_least_squares`, ``AᵀA = RᵀR`` so
+    the inverse is ``R⁻¹ R⁻ᵀ``: the covariance of the coefficients when ``w`` are
+    inverse variances (with the penalty, the posterior covariance).
+    """
+    k = design.shape[1]
+    act = active.astype(design.dtype)
+    eye = jnp.eye(k, dtype=design.dtype)
+    ridge = eye * (sqrt_eps * act + (1 - act))[:, None]
+    a = jnp.concatenate(
+        [sqrt_weights[:, None] * design * act[None, :], sqrt_mu * penalty * act[None, :], ridge]
+    )
+    r = jnp.linalg.qr(a, mode="r")
+    r_inv = jsl.solve_triangular(r, eye, lower=False)
+    return (r_inv @ r_inv.T) * act[:, None] * act[None, :]

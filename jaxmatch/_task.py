@@ -26,6 +26,7 @@ from jaxtyping import Array, Float
 
 from ._config import MatchBackgroundsConfig
 from ._exposure import Exposure, stack_exposures
+from ._global import match_all
 from ._match import STATUS_MESSAGES, SUCCESS, match
 from ._reference import (
     reference_costs,
@@ -119,8 +120,11 @@ class MatchBackgroundsTask(Task):
                 else:
                     batch.append(exposure)
                     batchIndices.append(i)
-            for groupIndices, group in _groups(batchIndices, batch):
-                self._fitBatch(refExposure, group, groupIndices, expRefList, infos)
+            if self.config.matchMode == "GLOBAL":
+                self._fitGlobal(refExposure, batch, batchIndices, expRefList, infos)
+            else:
+                for groupIndices, group in _groups(batchIndices, batch):
+                    self._fitBatch(refExposure, group, groupIndices, expRefList, infos)
             self.metadata["numExposures"] = len(expRefList)
             self.metadata["numFailed"] = sum(
                 1 for s in infos if not s.isReference and s.backgroundModel is None
@@ -160,6 +164,55 @@ class MatchBackgroundsTask(Task):
                 matchedMSE=float(result.matchedMSE[k]),
                 diffImVar=float(result.diffImVar[k]),
             )
+
+    def _fitGlobal(self, refExposure, batch, indices, expRefList, infos):
+        """GLOBAL mode: one joint solve over the reference and every other exposure.
+
+        The reference is the gauge (its model is 0); each entry also gets ``group``,
+        its connected-group label (-1: overlaps nothing).
+        """
+        members = [(refExposure, None)] + list(zip(batch, indices))
+        groups = _groups([k for k in range(len(members))], [m[0] for m in members])
+        if len(groups) > 1:  # different dtype or mask planes than the reference
+            keep = set(groups[0][0])
+            for k, (_, i) in enumerate(members):
+                if k not in keep:
+                    self._logFailure(
+                        expRefList[i], "dtype or mask planes differ from the reference"
+                    )
+            members = [members[k] for k in sorted(keep)]
+        try:
+            result = match_all(
+                stack_exposures([m[0] for m in members]),
+                self.config,
+                reference=0,
+                roughness=self.splineRoughness,
+                raise_on_failure=False,
+            )
+            status = np.asarray(result.status)
+        except Exception as err:  # noqa: BLE001 - logged like a failed fit
+            for _, i in members[1:]:
+                self._logFailure(expRefList[i], f"{type(err).__name__}: {err}")
+            return
+        groups_ = np.asarray(result.group)
+        for k, (_, i) in enumerate(members):
+            if i is None:
+                continue
+            if status[k] != SUCCESS:
+                self._logFailure(expRefList[i], STATUS_MESSAGES[int(status[k])])
+                infos[i].group = int(groups_[k])
+                continue
+            infos[i] = Struct(
+                isReference=False,
+                backgroundModel=result.model[k],
+                fitRMS=float(result.fitRMS[k]),
+                matchedMSE=float(result.matchedMSE[k]),
+                diffImVar=float(result.diffImVar[k]),
+                group=int(groups_[k]),
+            )
+        for info in infos:
+            if info.isReference:
+                info.group = int(groups_[0])
 
     def selectRefExposure(
         self,

@@ -1,0 +1,514 @@
+"""Global matching: every exposure's background model from every overlap at once.
+
+Formulation (pairwise differences). For exposures ``x_i`` with models
+``m_i = B c_i`` (the core's bases; ``x_i + m_i`` is the matched image), every
+overlapping pair ``(i, j)`` gives the binned difference, exactly as the core bins
+``ref - sci``:
+
+    z_ij = bin(x_i - x_j)  ≈  m_j - m_i        (same masks, clipping, errors e_ij)
+
+and the joint problem is
+
+    min_c  Σ_pairs Σ_bins w_ij (z_ij - B (c_j - c_i))²  +  (λ + λ_floor) Σ_i P(c_i)  +  ε Σ_i |c_i|²
+
+with ``w = 1/e²`` (1 without `approxWeighting`), normalised by one global mean so
+that λ keeps the core's meaning. Why pairs and not the per-bin nuisance
+formulation (``bin(x_i) = sky_b - m_i``): the nuisance form bins each exposure on
+its own pixels, so sources and masks do not cancel between exposures unless
+every exposure uses the same pixels of a bin, which partial coverage forbids;
+the pairwise form bins each difference on the pixels both exposures can use,
+so masks and clipping carry over from the core unchanged. Its cost is one
+binning pass per pair; ``globalMaxPartners`` keeps only each exposure's
+best-overlapping partners, making the work linear in N.
+
+Normal equations. Each pair adds ``G = Bᵀ W B`` (K×K) to blocks ``(i, i)`` and
+``(j, j)`` and ``-G`` to ``(i, j)`` and ``(j, i)``: a graph Laplacian of K×K
+blocks. The N·K × N·K normal matrix is assembled from the per-pair blocks (never
+an ``(N·bins, N·K)`` design matrix) and solved with the gauge constraints
+(below) by one dense LU of the KKT system.
+
+Gauge. Differences fix the models only up to a common offset model per group of
+connected exposures. ``globalGauge="REFERENCE"`` (default): the gauge exposure's
+model is 0 (the chosen reference in its group, comparable with single-reference
+mode); ``"MEAN"``: the mean model of each group is 0. Exposures are grouped by
+the overlap graph (pairs with at least one valid bin); a group without the
+reference takes its lowest-index exposure as its gauge (``"REFERENCE"``), and
+isolated exposures are failures (status ``NO_OVERLAP``).
+
+Uncertainties. The coefficient covariance is the constrained inverse of the
+normal matrix (top-left block of the inverse KKT matrix) divided by the weight
+normaliser — i.e. in data units when the bin errors are trusted (weights from
+the bins' own scatter); without `approxWeighting` (unit weights) it is scaled by
+the reduced χ² of the fit.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from ._binning import cell_centres, grid_statistics
+from ._config import MatchBackgroundsConfig
+from ._diagnostics import diff_im_var, matched_mse
+from ._exposure import Exposure
+from ._match import (
+    NO_OVERLAP,
+    NONFINITE,
+    SUCCESS,
+    UNDERSAMPLED,
+    _active_terms,
+    _hyperparameters,
+    _working_dtype,
+    check_result,
+    plan_fit,
+    prepare_fit,
+)
+from ._model import BackgroundModel
+
+_log = logging.getLogger(__name__)
+
+
+class GlobalResult(eqx.Module):
+    """Results of `match_global` / `match_all` for N exposures (leading axis N).
+
+    - ``model``: `BackgroundModel` (coefficients ``(N, ky, kx)``); add to each image.
+    - ``matched``: ``x_i + m_i`` ``(N, H, W)`` (unchanged where the fit failed).
+    - ``covariance``: ``(N, K, K)`` coefficient covariance (flattened ``C[p, q]``).
+    - ``fitRMS``: RMS of bin value minus model difference over the valid bins of
+      every pair with the exposure; ``matchedMSE``: mean over those pairs of
+      ``mean((x_i + m_i - x_j - m_j)²)`` on usable pixels; ``diffImVar``: mean over
+      those pairs of the clipped mean of the difference's variance.
+    - ``status`` ``(N,)``; ``group`` ``(N,)`` connected-group label (-1: isolated);
+      ``gauge`` ``(N,)`` True for the exposures whose model the gauge fixes to 0
+      (``"REFERENCE"``); ``pairs`` ``(P, 2)`` the pairs used; ``chi2_reduced``.
+    """
+
+    model: BackgroundModel
+    matched: Float[Array, "N H W"]
+    covariance: Float[Array, "N K K"]
+    fitRMS: Float[Array, " N"]
+    matchedMSE: Float[Array, " N"]
+    diffImVar: Float[Array, " N"]
+    status: Int[Array, " N"]
+    group: Int[Array, " N"]
+    gauge: Array
+    pairs: Int[Array, "P 2"]
+    chi2_reduced: Float[Array, ""]
+
+
+def pair_overlaps(exposures: Exposure, config: MatchBackgroundsConfig) -> np.ndarray:
+    """Number of bins that both exposures of each pair can use, ``(N, N)`` (host).
+
+    A bin counts when the two exposures share at least 2 usable pixels in it (the
+    core's valid-bin rule for their difference). One jitted pass over the masks.
+    """
+    plan_fit(config, exposures.image.shape[1:], config.binSize)  # eager shape checks
+    bits = exposures.bitmask(config.badMaskPlanes)
+    return np.asarray(_overlaps(exposures.mask, exposures.image, bits, config))
+
+
+@eqx.filter_jit
+def _overlaps(mask, image, bits, config):
+    plan = plan_fit(config, image.shape[1:], config.binSize)
+    fit_y, fit_x = plan.fit_y, plan.fit_x
+    usable = ((mask & bits) == 0) & jnp.isfinite(image)
+
+    def row(u_i):
+        def count(u_j):
+            _, _, _, n = grid_statistics(
+                jnp.zeros(u_i.shape, jnp.float32), u_i & u_j, fit_y, fit_x, "MEAN", 3.0, 0
+            )
+            return jnp.sum(n >= 2)
+
+        return jax.lax.map(count, usable)
+
+    return jax.lax.map(row, usable)
+
+
+def choose_pairs(overlaps: np.ndarray, max_partners: int | None = None) -> np.ndarray:
+    """Pairs ``(i, j)``, ``i < j``, with overlapping bins; optionally each exposure's
+    ``max_partners`` best-overlapping partners only (their union)."""
+    n = overlaps.shape[0]
+    keep = set()
+    for i in range(n):
+        partners = [
+            j for j in np.argsort(-overlaps[i], kind="stable") if j != i and overlaps[i, j] > 0
+        ]
+        if max_partners is not None:
+            partners = partners[:max_partners]
+        keep.update((min(i, j), max(i, j)) for j in partners)
+    return np.array(sorted(keep), dtype=np.int64).reshape(-1, 2)
+
+
+def connected_groups(n: int, pairs: np.ndarray) -> np.ndarray:
+    """Connected-component label per exposure (-1 for an exposure in no pair)."""
+    parent = list(range(n))
+
+    def find(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for i, j in pairs:
+        parent[find(int(i))] = find(int(j))
+    roots, labels = {}, np.full(n, -1, dtype=np.int64)
+    linked = set(pairs.reshape(-1).tolist())
+    for i in range(n):
+        if i in linked:
+            labels[i] = roots.setdefault(find(i), len(roots))
+    return labels
+
+
+def gauge_exposures(groups: np.ndarray, reference: int) -> np.ndarray:
+    """The exposure whose model is fixed to 0 in each group: the reference in its
+    group, the lowest index in the others. Returns a bool mask ``(N,)``."""
+    gauge = np.zeros(len(groups), dtype=bool)
+    for g in np.unique(groups[groups >= 0]):
+        members = np.flatnonzero(groups == g)
+        gauge[reference if reference in members else members[0]] = True
+    return gauge
+
+
+def match_global(
+    exposures: Exposure,
+    pairs: np.ndarray,
+    groups: np.ndarray,
+    gauge: np.ndarray,
+    config: MatchBackgroundsConfig,
+    *,
+    roughness=None,
+    num_sigma_clip=None,
+    clip_sharpness=None,
+    covariance: bool = True,
+) -> GlobalResult:
+    """The joint solve (jitted, differentiable in the images and λ, clip parameters).
+
+    Arguments:
+        exposures: a batch ``(N, H, W)``.
+        pairs: ``(P, 2)`` int pairs ``(i, j)`` (static: they fix the shapes).
+        groups: ``(N,)`` connected-group labels from `connected_groups` (static).
+        gauge: ``(N,)`` bool, the gauge exposure of each group (static; used with
+            ``config.globalGauge == "REFERENCE"``).
+        config: the `MatchBackgroundsConfig` (static).
+        covariance: also compute the coefficient covariance (an inverse of the
+            (N·K)² system: skip it for many spline knots; NaN when skipped).
+    """
+    if len(exposures.batch_shape) != 1:
+        raise ValueError(f"exposures must be a batch (N, H, W), got {exposures.image.shape}")
+    if config.usePolynomial and config.undersampleStyle == "INCREASE_NXNYSAMPLE":
+        raise ValueError(
+            "INCREASE_NXNYSAMPLE is not available in GLOBAL mode; use REDUCE_INTERP_ORDER"
+        )
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if len(pairs) == 0:
+        raise ValueError("no overlapping pairs: global matching needs at least one overlap")
+    dtype = _working_dtype(config, exposures)
+    exposures = jax.tree.map(lambda a: a.astype(dtype) if a.dtype.kind == "f" else a, exposures)
+    hyper = _hyperparameters(config, dtype, roughness, num_sigma_clip, clip_sharpness)
+    plan_fit(config, exposures.image.shape[1:], config.binSize)  # eager shape checks
+    bits = exposures.bitmask(config.badMaskPlanes)
+    structure = (
+        tuple(map(tuple, pairs.tolist())),
+        tuple(int(g) for g in groups),
+        tuple(bool(g) for g in gauge),
+    )
+    return _match_global(exposures, hyper, bits, config, structure, covariance)
+
+
+@eqx.filter_jit
+def _match_global(exposures, hyper, bits, config, structure, with_covariance):
+    pairs = np.asarray(structure[0], dtype=np.int64).reshape(-1, 2)
+    groups, gauge = np.asarray(structure[1]), np.asarray(structure[2])
+    n = exposures.image.shape[0]
+    shape = exposures.image.shape[1:]
+    dtype = exposures.image.dtype
+    plan = plan_fit(config, shape, config.binSize)
+    basis = plan.basis
+    ky, kx = basis.coefficient_shape
+    k = ky * kx
+    pi, pj = jnp.asarray(pairs[:, 0]), jnp.asarray(pairs[:, 1])
+
+    # Pass 1 over pairs: bin x_i - x_j (values z, errors e, validity, variance).
+    def pair_bins(ij):
+        xi, xj = exposures[ij[0]], exposures[ij[1]]
+        fit = prepare_fit(xi, xj, hyper, bits, bits, config, plan)
+        var = diff_im_var(fit["diff_var"], fit["usable"], hyper["num_sigma_clip"], config.numIter)
+        e2 = jnp.where(fit["valid"], fit["err"] ** 2, 0.0).reshape(-1)
+        return fit["z"].reshape(-1), e2, fit["w_raw"].reshape(-1), fit["valid"].reshape(-1), var
+
+    z, e2, w_pair, valid, pair_var = jax.lax.map(pair_bins, jnp.stack([pi, pj], axis=1))
+    w = _pair_weights(config, pi, pj, n, e2, w_pair, valid)
+    design = _design(basis, plan, dtype)
+    n_valid = jnp.sum(valid)
+    w_bar = jnp.sum(w) / jnp.maximum(n_valid, 1).astype(dtype)
+    # Per-pair blocks G = BᵀWB and h = BᵀWz, normalised so λ keeps the core's scale.
+    g = jnp.einsum("pm,mk,ml->pkl", w, design, design) / w_bar
+    h = jnp.einsum("pm,mk,pm->pk", w, design, z) / w_bar
+
+    # Assemble the block Laplacian (N, K, N, K) and the right-hand side.
+    a = jnp.zeros((n, k, n, k), dtype)
+    a = a.at[pi, :, pi, :].add(g).at[pj, :, pj, :].add(g)
+    a = a.at[pi, :, pj, :].add(-g).at[pj, :, pi, :].add(-g)
+    rhs = jnp.zeros((n, k), dtype).at[pj].add(h).at[pi].add(-h)
+
+    # Per-exposure valid-bin union, active terms, status (as in the core).
+    valid_union = jnp.zeros((n,) + valid.shape[1:], bool)
+    valid_union = valid_union.at[pi].max(valid).at[pj].max(valid)
+    valid_union = valid_union.reshape((n, len(plan.fit_y[0]), len(plan.fit_x[0])))
+    penalty_rows, floor, active, under = _penalty_and_terms(config, plan, valid_union, dtype)
+    pen = penalty_rows.T @ penalty_rows
+    mu = hyper["roughness"] + floor
+    bins_of = jnp.sum(valid_union.reshape(n, -1), axis=1)
+    eps = 1e-10 * jnp.maximum(bins_of, 1).astype(dtype)
+    diag = mu * pen[None] + eps[:, None, None] * jnp.eye(k, dtype=dtype)[None]
+    a = a.at[jnp.arange(n), :, jnp.arange(n), :].add(diag)
+    act = active.astype(dtype)  # (N, K)
+    a = a * act[:, :, None, None] * act[None, None, :, :]
+    a = a.at[jnp.arange(n), :, jnp.arange(n), :].add(jax.vmap(jnp.diag)(1 - act))
+    rhs = rhs * act
+
+    # Gauge constraints, one K-block per group, and the KKT solve.
+    constraint = jnp.asarray(_constraints(groups, gauge, config.globalGauge, n, k), dtype)
+    nk, nc = n * k, constraint.shape[0]
+    kkt = jnp.block([[a.reshape(nk, nk), constraint.T], [constraint, jnp.zeros((nc, nc), dtype)]])
+    full_rhs = jnp.concatenate([rhs.reshape(nk), jnp.zeros(nc, dtype)])
+    sol = jnp.linalg.solve(kkt, full_rhs)
+    coef = sol[:nk].reshape(n, k)
+    if config.globalGauge == "REFERENCE":  # exactly 0, not 0 up to rounding
+        coef = jnp.where(jnp.asarray(gauge)[:, None], 0.0, coef)
+    if with_covariance:
+        inverse = jnp.linalg.inv(kkt)[:nk, :nk].reshape(n, k, n, k)
+        cov = inverse[jnp.arange(n), :, jnp.arange(n), :] / w_bar
+        cov = cov * act[:, :, None] * act[:, None, :]  # inactive terms are exactly 0
+    else:
+        cov = jnp.full((n, k, k), jnp.nan, dtype)
+
+    # Residuals of every pair's bins; reduced χ² and fitRMS per exposure.
+    pred = (coef[pairs[:, 1]] - coef[pairs[:, 0]]) @ design.T
+    resid = jnp.where(valid, z - pred, 0.0)
+    chi2 = jnp.sum(w * resid**2) / w_bar
+    # Independent data: one per valid pair-bin (PAIR), or N_b - 1 per bin seen by
+    # N_b exposures (NUISANCE: the pairs of a bin share the exposures' noise).
+    if config.globalWeights == "PAIR":
+        n_data = n_valid
+    else:
+        n_data = jnp.sum(jnp.maximum(jnp.sum(valid_union.reshape(n, -1), axis=0) - 1, 0))
+    dof = jnp.maximum(n_data - (jnp.sum(act) - constraint.shape[0]), 1).astype(dtype)
+    chi2_red = chi2 / dof * w_bar  # in units of the weights (1 for calibrated errors)
+    if not config.approxWeighting:
+        cov = cov * chi2 / dof
+    sq = jnp.sum(resid**2, axis=1)
+    cnt = jnp.sum(valid, axis=1).astype(dtype)
+    sq_i = jnp.zeros(n, dtype).at[pi].add(sq).at[pj].add(sq)
+    cnt_i = jnp.zeros(n, dtype).at[pi].add(cnt).at[pj].add(cnt)
+    rms = jnp.sqrt(sq_i / jnp.maximum(cnt_i, 1))
+
+    status = jnp.where(cnt_i == 0, NO_OVERLAP, jnp.where(under, UNDERSAMPLED, SUCCESS))
+    finite = jnp.all(jnp.isfinite(coef), axis=1)
+    status = jnp.where((status == SUCCESS) & ~finite, NONFINITE, status)
+    ok = status == SUCCESS
+    coef = jnp.where(ok[:, None], coef, jnp.nan).reshape(n, ky, kx)
+    model = BackgroundModel(coef, basis)
+
+    # Pass 2 over pairs: matched images agree? (pixel-level MSE of each pair)
+    h_, w_ = shape
+    yy, xx = jnp.arange(h_, dtype=dtype), jnp.arange(w_, dtype=dtype)
+
+    def pair_mse(ij):
+        xi, xj = exposures[ij[0]], exposures[ij[1]]
+        usable = ((xi.mask & bits) == 0) & ((xj.mask & bits) == 0)
+        diff = xi.image - xj.image
+        usable = usable & jnp.isfinite(diff)
+        mdiff = basis.evaluate(coef[ij[1]] - coef[ij[0]], yy, xx)
+        return matched_mse(diff, mdiff, usable)
+
+    mse = jax.lax.map(pair_mse, jnp.stack([pi, pj], axis=1))
+    npair = jnp.zeros(n, dtype).at[pi].add(1.0).at[pj].add(1.0)
+    mse_i = jnp.zeros(n, dtype).at[pi].add(mse).at[pj].add(mse) / jnp.maximum(npair, 1)
+    var_i = jnp.zeros(n, dtype).at[pi].add(pair_var).at[pj].add(pair_var) / jnp.maximum(npair, 1)
+    images = model.evaluate()
+    matched = jnp.where(
+        ok[:, None, None],
+        exposures.image + jnp.where(ok[:, None, None], images, 0),
+        exposures.image,
+    )
+    nan = jnp.asarray(jnp.nan, dtype)
+    return GlobalResult(
+        model=model,
+        matched=matched,
+        covariance=jnp.where(ok[:, None, None], cov, nan),
+        fitRMS=jnp.where(ok, rms, nan),
+        matchedMSE=jnp.where(ok, mse_i, nan),
+        diffImVar=jnp.where(ok, var_i, nan),
+        status=status.astype(jnp.int32),
+        group=jnp.asarray(groups, jnp.int32),
+        gauge=jnp.asarray(gauge),
+        pairs=jnp.asarray(pairs, jnp.int32),
+        chi2_reduced=chi2_red,
+    )
+
+
+def _pair_weights(config, pi, pj, n, e2, w_pair, valid):
+    """Bin weights of every pair, ``(P, M)``.
+
+    ``globalWeights="PAIR"``: the core's ``1/e²`` of each pair's own bins, as if the
+    pairs were independent (with only pairs against one reference this is exactly
+    the single-reference fit). ``"NUISANCE"`` (default): the pairs share exposures,
+    so their differences are correlated; with per-exposure bin variances ``v_i``
+    (estimated as half the mean ``e²`` of the exposure's pairs in that bin,
+    ``w_i = 1/v_i``) the weight ``w_i w_j / Σ_k w_k`` makes the sum over all pairs
+    of a bin equal the per-bin nuisance likelihood ``Σ_i w_i (u_i - ū)²`` (with
+    ``u_i = bin(x_i) + m_i``), whose covariance is calibrated. For one pair in a
+    bin both give ``1/e²``.
+    """
+    if config.globalWeights == "PAIR":
+        return jnp.where(valid, w_pair, 0.0)
+    v_sum = jnp.zeros((n,) + e2.shape[1:], e2.dtype).at[pi].add(e2).at[pj].add(e2)
+    count = jnp.zeros((n,) + e2.shape[1:], e2.dtype).at[pi].add(valid).at[pj].add(valid)
+    if config.approxWeighting:
+        v = v_sum / (2.0 * jnp.maximum(count, 1.0))
+        w_exp = jnp.where(count > 0, 1.0 / jnp.where(count > 0, v, 1.0), 0.0)
+    else:
+        w_exp = (count > 0).astype(e2.dtype)
+    total = jnp.sum(w_exp, axis=0)
+    return jnp.where(valid, w_exp[pi] * w_exp[pj] / jnp.where(total > 0, total, 1.0), 0.0)
+
+
+def _design(basis, plan, dtype):
+    cy = jnp.asarray(cell_centres(*plan.fit_y), dtype=dtype)
+    cx = jnp.asarray(cell_centres(*plan.fit_x), dtype=dtype)
+    by, bx = basis.matrix_y(cy), basis.matrix_x(cx)
+    ky, kx = basis.coefficient_shape
+    return jnp.einsum("ap,bq->abpq", by, bx).reshape(-1, ky * kx)
+
+
+def _penalty_and_terms(config, plan, valid_union, dtype):
+    """Penalty rows, λ_floor, active terms ``(N, K)`` and undersampled flags ``(N,)``."""
+    from ._match import CHEBYSHEV_ROUGHNESS_FLOOR, SPLINE_ROUGHNESS_FLOOR
+    from ._spline import DEGREE, difference_matrix
+
+    basis = plan.basis
+    ky, kx = basis.coefficient_shape
+    if basis.kind == "CHEBYSHEV":
+        pq = np.add.outer(np.arange(ky), np.arange(kx)).reshape(-1)
+        rows = jnp.asarray(np.diag(pq.astype(float)), dtype)
+        active, under, *_ = jax.vmap(lambda v: _active_terms(config, v))(valid_union)
+        return rows, CHEBYSHEV_ROUGHNESS_FLOOR, active.reshape(len(valid_union), -1), under
+    degree = DEGREE[basis.style]
+    dy, dx = difference_matrix(ky, degree), difference_matrix(kx, degree)
+    rows = jnp.asarray(np.concatenate([np.kron(dy, np.eye(kx)), np.kron(np.eye(ky), dx)]), dtype)
+    n = len(valid_union)
+    return rows, SPLINE_ROUGHNESS_FLOOR, jnp.ones((n, ky * kx), bool), jnp.zeros(n, bool)
+
+
+def _constraints(groups, gauge, mode, n, k) -> np.ndarray:
+    """Gauge constraint rows ``(G·K, N·K)``: per group, the gauge exposure's
+    coefficients (``REFERENCE``) or the group mean (``MEAN``) vanish. An isolated
+    exposure (group -1) is pinned to 0 as its own group (it is a failure anyway)."""
+    rows = []
+    labels = list(np.unique(groups[groups >= 0])) + [("iso", i) for i in np.flatnonzero(groups < 0)]
+    for label in labels:
+        if isinstance(label, tuple):
+            members, weights = [label[1]], [1.0]
+        else:
+            members = list(np.flatnonzero(groups == label))
+            if mode == "MEAN":
+                weights = [1.0 / len(members)] * len(members)
+            else:
+                members = [m for m in members if gauge[m]][:1]
+                weights = [1.0]
+        block = np.zeros((k, n * k))
+        for m, wt in zip(members, weights):
+            block[:, m * k : (m + 1) * k] = wt * np.eye(k)
+        rows.append(block)
+    return np.concatenate(rows)
+
+
+def match_all(
+    exposures: Exposure,
+    config: MatchBackgroundsConfig | None = None,
+    *,
+    reference: int = 0,
+    roughness=None,
+    num_sigma_clip=None,
+    clip_sharpness=None,
+    covariance: bool = True,
+    raise_on_failure: bool = True,
+) -> GlobalResult:
+    """Global matching of a batch: overlaps → pairs → groups → `match_global`.
+
+    ``reference`` is the gauge exposure of its group. Disconnected groups are
+    reported with a warning (``result.group``); isolated exposures fail
+    (``NO_OVERLAP``). Outside a transformation, ``raise_on_failure`` raises
+    `ValueError` naming failed exposures.
+    """
+    config = MatchBackgroundsConfig() if config is None else config
+    if not isinstance(exposures, Exposure) or len(exposures.batch_shape) != 1:
+        raise TypeError("exposures must be a batch Exposure (N, H, W); use stack_exposures")
+    n = exposures.image.shape[0]
+    if not 0 <= reference < n:
+        raise ValueError(f"reference index {reference} is not in 0..{n - 1}")
+    overlaps = pair_overlaps(exposures, config)
+    pairs = choose_pairs(overlaps, config.globalMaxPartners)
+    groups = connected_groups(n, pairs)
+    labels = sorted(set(groups[groups >= 0].tolist()))
+    if len(labels) > 1:
+        _log.warning(
+            "global matching: the exposures form %d groups with no overlap between them "
+            "(group of each exposure: %s); each group has its own gauge",
+            len(labels),
+            groups.tolist(),
+        )
+    isolated = np.flatnonzero(groups < 0)
+    if isolated.size:
+        _log.warning("global matching: exposure(s) %s overlap no other exposure", isolated.tolist())
+    gauge = gauge_exposures(groups, reference)
+    result = match_global(
+        exposures,
+        pairs,
+        groups,
+        gauge,
+        config,
+        roughness=roughness,
+        num_sigma_clip=num_sigma_clip,
+        clip_sharpness=clip_sharpness,
+        covariance=covariance,
+    )
+    if raise_on_failure and not isinstance(result.status, jax.core.Tracer):
+        check_result(result)
+    return result
+
+
+def model_uncertainty(
+    model: BackgroundModel, covariance: Float[Array, "... K K"], y=None, x=None
+) -> Float[Array, "... ny nx"]:
+    """1σ uncertainty of the model at pixel rows ``y`` × columns ``x``.
+
+    ``σ²(y, x) = b(y, x)ᵀ Cov b(y, x)`` with ``b = Y(y) ⊗ X(x)``, computed
+    separably (``O(ny · nx · kx²)``), never as an ``(ny·nx, K)`` matrix. Linear
+    bases only (for ``AKIMA_SPLINE`` the natural-spline basis of the fit is used).
+    Default coordinates: every pixel; pass the bin centres for the grid.
+    """
+    basis = model.basis
+    h, w = basis.shape
+    dtype = covariance.dtype
+    y = jnp.arange(h, dtype=dtype) if y is None else jnp.asarray(y, dtype)
+    x = jnp.arange(w, dtype=dtype) if x is None else jnp.asarray(x, dtype)
+    ky, kx = basis.coefficient_shape
+    by, bx = basis.matrix_y(y), basis.matrix_x(x)
+
+    def one(cov):
+        c4 = cov.reshape(ky, kx, ky, kx)
+        m = jnp.einsum("yp,pqrs,yr->yqs", by, c4, by)
+        return jnp.sqrt(jnp.maximum(jnp.einsum("xq,yqs,xs->yx", bx, m, bx), 0.0))
+
+    fn = one
+    for _ in range(covariance.ndim - 2):
+        fn = jax.vmap(fn)
+    return fn(covariance)
