@@ -12,6 +12,7 @@ from ._global import (
     GlobalResult as GlobalResult,
     choose_pairs as choose_pairs,
     connected_groups as connected_groups,
+    global_structure as global_structure,
     match_all as match_all,
     match_global as match_global,
     model_uncertainty as model_uncertainty,

@@ -231,63 +231,16 @@ def _match_global(exposures, hyper, bits, config, structure, with_covariance):
     plan = plan_fit(config, shape, config.binSize)
     basis = plan.basis
     ky, kx = basis.coefficient_shape
-    k = ky * kx
     pi, pj = jnp.asarray(pairs[:, 0]), jnp.asarray(pairs[:, 1])
 
-    # Pass 1 over pairs: bin x_i - x_j (values z, errors e, validity, variance).
-    def pair_bins(ij):
-        xi, xj = exposures[ij[0]], exposures[ij[1]]
-        fit = prepare_fit(xi, xj, hyper, bits, bits, config, plan)
-        var = diff_im_var(fit["diff_var"], fit["usable"], hyper["num_sigma_clip"], config.numIter)
-        e2 = jnp.where(fit["valid"], fit["err"] ** 2, 0.0).reshape(-1)
-        return fit["z"].reshape(-1), e2, fit["w_raw"].reshape(-1), fit["valid"].reshape(-1), var
-
-    z, e2, w_pair, valid, pair_var = jax.lax.map(pair_bins, jnp.stack([pi, pj], axis=1))
-    w = _pair_weights(config, pi, pj, n, e2, w_pair, valid)
+    data = pair_data(exposures, pairs, hyper, bits, config, plan)
+    z, valid, pair_var = data["z"], data["valid"], data["pair_var"]
+    w = _pair_weights(config, pi, pj, n, data["e2"], data["w_pair"], valid)
     design = _design(basis, plan, dtype)
     n_valid = jnp.sum(valid)
-    w_bar = jnp.sum(w) / jnp.maximum(n_valid, 1).astype(dtype)
-    # Per-pair blocks G = BᵀWB and h = BᵀWz, normalised so λ keeps the core's scale.
-    g = jnp.einsum("pm,mk,ml->pkl", w, design, design) / w_bar
-    h = jnp.einsum("pm,mk,pm->pk", w, design, z) / w_bar
-
-    # Assemble the block Laplacian (N, K, N, K) and the right-hand side.
-    a = jnp.zeros((n, k, n, k), dtype)
-    a = a.at[pi, :, pi, :].add(g).at[pj, :, pj, :].add(g)
-    a = a.at[pi, :, pj, :].add(-g).at[pj, :, pi, :].add(-g)
-    rhs = jnp.zeros((n, k), dtype).at[pj].add(h).at[pi].add(-h)
-
-    # Per-exposure valid-bin union, active terms, status (as in the core).
-    valid_union = jnp.zeros((n,) + valid.shape[1:], bool)
-    valid_union = valid_union.at[pi].max(valid).at[pj].max(valid)
-    valid_union = valid_union.reshape((n, len(plan.fit_y[0]), len(plan.fit_x[0])))
-    penalty_rows, floor, active, under = _penalty_and_terms(config, plan, valid_union, dtype)
-    pen = penalty_rows.T @ penalty_rows
-    mu = hyper["roughness"] + floor
-    bins_of = jnp.sum(valid_union.reshape(n, -1), axis=1)
-    eps = 1e-10 * jnp.maximum(bins_of, 1).astype(dtype)
-    diag = mu * pen[None] + eps[:, None, None] * jnp.eye(k, dtype=dtype)[None]
-    a = a.at[jnp.arange(n), :, jnp.arange(n), :].add(diag)
-    act = active.astype(dtype)  # (N, K)
-    a = a * act[:, :, None, None] * act[None, None, :, :]
-    a = a.at[jnp.arange(n), :, jnp.arange(n), :].add(jax.vmap(jnp.diag)(1 - act))
-    rhs = rhs * act
-
-    # Gauge constraints, one K-block per group, and the KKT solve.
-    constraint = jnp.asarray(_constraints(groups, gauge, config.globalGauge, n, k), dtype)
-    nk, nc = n * k, constraint.shape[0]
-    kkt = jnp.block([[a.reshape(nk, nk), constraint.T], [constraint, jnp.zeros((nc, nc), dtype)]])
-    full_rhs = jnp.concatenate([rhs.reshape(nk), jnp.zeros(nc, dtype)])
-    sol = jnp.linalg.solve(kkt, full_rhs)
-    coef = sol[:nk].reshape(n, k)
-    if config.globalGauge == "REFERENCE":  # exactly 0, not 0 up to rounding
-        coef = jnp.where(jnp.asarray(gauge)[:, None], 0.0, coef)
-    if with_covariance:
-        inverse = jnp.linalg.inv(kkt)[:nk, :nk].reshape(n, k, n, k)
-        cov = inverse[jnp.arange(n), :, jnp.arange(n), :] / w_bar
-        cov = cov * act[:, :, None] * act[:, None, :]  # inactive terms are exactly 0
-    else:
-        cov = jnp.full((n, k, k), jnp.nan, dtype)
+    sol = solve_pairs(w, z, valid, pairs, groups, gauge, hyper, config, plan, n, with_covariance)
+    coef, cov, act, under = sol["coef"], sol["cov"], sol["act"], sol["under"]
+    valid_union, w_bar, n_constraints = sol["valid_union"], sol["w_bar"], sol["n_constraints"]
 
     # Residuals of every pair's bins; reduced χ² and fitRMS per exposure.
     pred = (coef[pairs[:, 1]] - coef[pairs[:, 0]]) @ design.T
@@ -299,7 +252,7 @@ def _match_global(exposures, hyper, bits, config, structure, with_covariance):
         n_data = n_valid
     else:
         n_data = jnp.sum(jnp.maximum(jnp.sum(valid_union.reshape(n, -1), axis=0) - 1, 0))
-    dof = jnp.maximum(n_data - (jnp.sum(act) - constraint.shape[0]), 1).astype(dtype)
+    dof = jnp.maximum(n_data - (jnp.sum(act) - n_constraints), 1).astype(dtype)
     chi2_red = chi2 / dof * w_bar  # in units of the weights (1 for calibrated errors)
     if not config.approxWeighting:
         cov = cov * chi2 / dof
@@ -351,6 +304,95 @@ def _match_global(exposures, hyper, bits, config, structure, with_covariance):
         gauge=jnp.asarray(gauge),
         pairs=jnp.asarray(pairs, jnp.int32),
         chi2_reduced=chi2_red,
+    )
+
+
+def pair_data(exposures, pairs, hyper, bits, config, plan) -> dict:
+    """Pass 1 over the pairs: bin every ``x_i - x_j`` as the core bins ``ref - sci``.
+
+    Returns ``z``, ``e2`` (squared bin errors, 0 where invalid), ``w_pair`` (the
+    core's raw weights), ``valid`` — each ``(P, ny·nx)`` — and ``pair_var`` ``(P,)``
+    (clipped mean of the difference's variance plane).
+    """
+    pairs = jnp.asarray(np.asarray(pairs).reshape(-1, 2))
+
+    def pair_bins(ij):
+        xi, xj = exposures[ij[0]], exposures[ij[1]]
+        fit = prepare_fit(xi, xj, hyper, bits, bits, config, plan)
+        var = diff_im_var(fit["diff_var"], fit["usable"], hyper["num_sigma_clip"], config.numIter)
+        e2 = jnp.where(fit["valid"], fit["err"] ** 2, 0.0).reshape(-1)
+        return fit["z"].reshape(-1), e2, fit["w_raw"].reshape(-1), fit["valid"].reshape(-1), var
+
+    z, e2, w_pair, valid, pair_var = jax.lax.map(pair_bins, pairs)
+    return dict(z=z, e2=e2, w_pair=w_pair, valid=valid, pair_var=pair_var)
+
+
+def solve_pairs(w, z, valid, pairs, groups, gauge, hyper, config, plan, n, with_covariance):
+    """The joint least-squares solve from per-pair bins (weights ``w`` ``(P, M)``).
+
+    Returns a dict: ``coef`` ``(N, K)``, ``cov`` ``(N, K, K)`` (NaN unless
+    ``with_covariance``), ``act`` (active terms), ``under`` (undersampled flags),
+    ``valid_union`` ``(N, ny, nx)``, ``w_bar`` (weight normaliser) and
+    ``n_constraints`` (number of gauge rows).
+    """
+    dtype = z.dtype
+    pairs = np.asarray(pairs).reshape(-1, 2)
+    pi, pj = jnp.asarray(pairs[:, 0]), jnp.asarray(pairs[:, 1])
+    basis = plan.basis
+    k = int(np.prod(basis.coefficient_shape))
+    design = _design(basis, plan, dtype)
+    n_valid = jnp.sum(valid)
+    w_bar = jnp.sum(w) / jnp.maximum(n_valid, 1).astype(dtype)
+    # Per-pair blocks G = BᵀWB and h = BᵀWz, normalised so λ keeps the core's scale.
+    g = jnp.einsum("pm,mk,ml->pkl", w, design, design) / w_bar
+    h = jnp.einsum("pm,mk,pm->pk", w, design, z) / w_bar
+
+    # Assemble the block Laplacian (N, K, N, K) and the right-hand side.
+    a = jnp.zeros((n, k, n, k), dtype)
+    a = a.at[pi, :, pi, :].add(g).at[pj, :, pj, :].add(g)
+    a = a.at[pi, :, pj, :].add(-g).at[pj, :, pi, :].add(-g)
+    rhs = jnp.zeros((n, k), dtype).at[pj].add(h).at[pi].add(-h)
+
+    # Per-exposure valid-bin union, active terms, status (as in the core).
+    valid_union = jnp.zeros((n,) + valid.shape[1:], bool)
+    valid_union = valid_union.at[pi].max(valid).at[pj].max(valid)
+    valid_union = valid_union.reshape((n, len(plan.fit_y[0]), len(plan.fit_x[0])))
+    penalty_rows, floor, active, under = _penalty_and_terms(config, plan, valid_union, dtype)
+    pen = penalty_rows.T @ penalty_rows
+    mu = hyper["roughness"] + floor
+    bins_of = jnp.sum(valid_union.reshape(n, -1), axis=1)
+    eps = 1e-10 * jnp.maximum(bins_of, 1).astype(dtype)
+    diag = mu * pen[None] + eps[:, None, None] * jnp.eye(k, dtype=dtype)[None]
+    a = a.at[jnp.arange(n), :, jnp.arange(n), :].add(diag)
+    act = active.astype(dtype)  # (N, K)
+    a = a * act[:, :, None, None] * act[None, None, :, :]
+    a = a.at[jnp.arange(n), :, jnp.arange(n), :].add(jax.vmap(jnp.diag)(1 - act))
+    rhs = rhs * act
+
+    # Gauge constraints, one K-block per group, and the KKT solve.
+    constraint = jnp.asarray(_constraints(groups, gauge, config.globalGauge, n, k), dtype)
+    nk, nc = n * k, constraint.shape[0]
+    kkt = jnp.block([[a.reshape(nk, nk), constraint.T], [constraint, jnp.zeros((nc, nc), dtype)]])
+    full_rhs = jnp.concatenate([rhs.reshape(nk), jnp.zeros(nc, dtype)])
+    sol = jnp.linalg.solve(kkt, full_rhs)
+    coef = sol[:nk].reshape(n, k)
+    if config.globalGauge == "REFERENCE":  # exactly 0, not 0 up to rounding
+        coef = jnp.where(jnp.asarray(gauge)[:, None], 0.0, coef)
+    if with_covariance:
+        inverse = jnp.linalg.inv(kkt)[:nk, :nk].reshape(n, k, n, k)
+        cov = inverse[jnp.arange(n), :, jnp.arange(n), :] / w_bar
+        cov = cov * act[:, :, None] * act[:, None, :]  # inactive terms are exactly 0
+    else:
+        cov = jnp.full((n, k, k), jnp.nan, dtype)
+
+    return dict(
+        coef=coef,
+        cov=cov,
+        act=act,
+        under=under,
+        valid_union=valid_union,
+        w_bar=w_bar,
+        n_constraints=constraint.shape[0],
     )
 
 
@@ -430,6 +472,19 @@ def _constraints(groups, gauge, mode, n, k) -> np.ndarray:
     return np.concatenate(rows)
 
 
+def global_structure(exposures: Exposure, config: MatchBackgroundsConfig, reference: int = 0):
+    """``(pairs, groups, gauge)`` of a batch for global matching (host side).
+
+    From the masks only: `pair_overlaps` → `choose_pairs` (``globalMaxPartners``)
+    → `connected_groups` → `gauge_exposures`. Compute it once outside `jit` and
+    pass it to `match_global` / `jaxmatch.heldout_loss`.
+    """
+    n = exposures.image.shape[0]
+    pairs = choose_pairs(pair_overlaps(exposures, config), config.globalMaxPartners)
+    groups = connected_groups(n, pairs)
+    return pairs, groups, gauge_exposures(groups, reference)
+
+
 def match_all(
     exposures: Exposure,
     config: MatchBackgroundsConfig | None = None,
@@ -454,9 +509,7 @@ def match_all(
     n = exposures.image.shape[0]
     if not 0 <= reference < n:
         raise ValueError(f"reference index {reference} is not in 0..{n - 1}")
-    overlaps = pair_overlaps(exposures, config)
-    pairs = choose_pairs(overlaps, config.globalMaxPartners)
-    groups = connected_groups(n, pairs)
+    pairs, groups, gauge = global_structure(exposures, config, reference)
     labels = sorted(set(groups[groups >= 0].tolist()))
     if len(labels) > 1:
         _log.warning(
@@ -468,7 +521,6 @@ def match_all(
     isolated = np.flatnonzero(groups < 0)
     if isolated.size:
         _log.warning("global matching: exposure(s) %s overlap no other exposure", isolated.tolist())
-    gauge = gauge_exposures(groups, reference)
     result = match_global(
         exposures,
         pairs,

@@ -173,14 +173,22 @@ def heldout_loss(
     reference: int | None = None,
     folds: str | int = "checkerboard",
     seed: int = 0,
+    structure=None,
 ) -> Float[Array, ""]:
     """Cross-validated χ² per valid bin (module docstring), averaged over exposures.
 
     ``exposures``: a batch ``(N, H, W)`` (or a list). ``reference``: index of a
     fixed reference, or None for the soft-min reference. Exposures whose fit
     fails (no valid bin, undersampled) are left out of the mean.
+
+    With ``config.matchMode == "GLOBAL"`` the folds hold out bins of every pair at
+    once and the joint solve predicts them; the loss is the held-out weighted χ²
+    per independent datum. ``structure`` = `jaxmatch.global_structure(...)` (pairs,
+    groups, gauge); it is computed from the masks when None (outside `jit` only).
     """
     batch = _batch(exposures)
+    if config.matchMode == "GLOBAL":
+        return _heldout_global(params, batch, config, reference, folds, seed, structure)
     ref, sci = _reference_and_science(params, batch, config, reference)
     dtype = sci.image.dtype
     hyper = _hyper(params, config, dtype)
@@ -210,6 +218,49 @@ def heldout_loss(
 
     per_exposure, ok = jax.vmap(one)(sci)
     return jnp.sum(jnp.where(ok, per_exposure, 0.0)) / jnp.maximum(jnp.sum(ok), 1).astype(dtype)
+
+
+def _heldout_global(params, batch, config, reference, folds, seed, structure):
+    """The held-out loss of global matching (see `heldout_loss`)."""
+    from ._global import _design, _pair_weights, global_structure, pair_data, solve_pairs
+
+    reference = 0 if reference is None else reference
+    if structure is None:
+        if isinstance(batch.mask, jax.core.Tracer):
+            raise TypeError(
+                "GLOBAL mode inside jit needs structure=jaxmatch.global_structure(batch, config)"
+            )
+        structure = global_structure(batch, config, reference)
+    pairs, groups, gauge = (np.asarray(a) for a in structure)
+    n = batch.image.shape[0]
+    dtype = batch.image.dtype
+    hyper = _hyper(params, config, dtype)
+    plan = plan_fit(config, batch.image.shape[1:], config.binSize)
+    bits = batch.bitmask(config.badMaskPlanes)
+    pi, pj = jnp.asarray(pairs[:, 0]), jnp.asarray(pairs[:, 1])
+    data = pair_data(batch, pairs, hyper, bits, config, plan)
+    z, valid = data["z"], data["valid"]
+    w = _pair_weights(config, pi, pj, n, data["e2"], data["w_pair"], valid)
+    design = _design(plan.basis, plan, dtype)
+    labels = fold_labels((len(plan.fit_y[0]), len(plan.fit_x[0])), folds, seed).reshape(-1)
+    held = jnp.asarray(labels[None] == np.arange(int(labels.max()) + 1)[:, None])
+
+    def score(held_f):
+        keep = valid & ~held_f[None]
+        sol = solve_pairs(
+            jnp.where(keep, w, 0.0), z, keep, pairs, groups, gauge, hyper, config, plan, n, False
+        )
+        pred = (sol["coef"][pj] - sol["coef"][pi]) @ design.T
+        r = jnp.where(valid & held_f[None], z - pred, 0.0)
+        return jnp.sum(w * r * r)
+
+    total = jnp.sum(jax.vmap(score)(held))
+    seen = jnp.zeros((n, valid.shape[1]), bool).at[pi].max(valid).at[pj].max(valid)
+    if config.globalWeights == "PAIR":
+        n_data = jnp.sum(valid)
+    else:
+        n_data = jnp.sum(jnp.maximum(jnp.sum(seen, axis=0) - 1, 0))
+    return total / jnp.maximum(n_data, 1).astype(dtype)
 
 
 def insample_losses(
@@ -304,8 +355,18 @@ def tune(
     opt_state = optimizer.init(params)
     traces = [0]
 
+    structure = None
+    if config.matchMode == "GLOBAL":
+        from ._global import global_structure
+
+        if {"refWeights", "softminTemperature"} & set(parameters):
+            raise ValueError("refWeights and softminTemperature are not used in GLOBAL mode")
+        structure = global_structure(batch, config, 0 if reference is None else reference)
+
     def loss_fn(p, b):
-        return heldout_loss(p, b, config, reference=reference, folds=folds, seed=seed)
+        return heldout_loss(
+            p, b, config, reference=reference, folds=folds, seed=seed, structure=structure
+        )
 
     @eqx.filter_jit
     def step(p, state, b):
