@@ -363,6 +363,8 @@ def match(
     num_sigma_clip: float | Float[Array, ""] | None = None,
     clip_sharpness: float | Float[Array, ""] | None = None,
     raise_on_failure: bool = True,
+    chunk_size: int | None = None,
+    shard: bool = False,
 ) -> MatchResult:
     """Match the backgrounds of N science exposures to one reference, in one call.
 
@@ -380,6 +382,12 @@ def match(
             ``config.clipSharpness`` (None: LSST's hard clip).
         These three are array arguments: differentiable, and changing their
         values does not recompile.
+        chunk_size: process the science exposures in chunks of this many (one
+            compiled call reused; the last chunk is padded), to bound memory for
+            batches larger than RAM or device memory. Same result as one call.
+        shard: split the science exposures over all local devices
+            (`jax.sharding`, a 1-D mesh along N; N is padded to a multiple of the
+            device count). Same result as one device.
         raise_on_failure: outside `jit`, raise `ValueError` naming every exposure
             whose fit failed. Inside a transformation (jit/grad/vmap) the check is
             skipped: read ``result.status``.
@@ -419,7 +427,14 @@ def match(
     bits_sci = science.bitmask(config.badMaskPlanes)
     hyper = _hyperparameters(config, dtype, roughness, num_sigma_clip, clip_sharpness)
     plan_fit(config, reference.image.shape, config.binSize)  # eager shape checks
-    out, basis = _match_batch(reference, science, hyper, bits_ref, bits_sci, config, config.binSize)
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    run = lambda sub: _match_batch(  # noqa: E731
+        reference, sub, hyper, bits_ref, bits_sci, config, config.binSize
+    )
+    if shard:
+        run = _sharded(run, jax.local_devices())
+    out, basis = _in_chunks(run, science, chunk_size)
     out["bin_size"] = jnp.full(out["status"].shape, config.binSize, dtype=jnp.int32)
     traced = isinstance(out["status"], jax.core.Tracer)
     if config.usePolynomial and config.undersampleStyle == "INCREASE_NXNYSAMPLE":
@@ -448,6 +463,46 @@ def _hyperparameters(config, dtype, roughness, num_sigma_clip, clip_sharpness):
         num_sigma_clip=jnp.asarray(nsig, dtype=dtype),
         clip_sharpness=None if sharp is None else jnp.asarray(sharp, dtype=dtype),
     )
+
+
+def _pad_batch(exposures: Exposure, size: int) -> Exposure:
+    """Pad a batch to ``size`` exposures with copies of the first (results dropped)."""
+    n = exposures.image.shape[0]
+    if n == size:
+        return exposures
+    index = np.concatenate([np.arange(n), np.zeros(size - n, dtype=int)])
+    return jax.tree.map(lambda a: a[index], exposures)
+
+
+def _in_chunks(run, science: Exposure, chunk_size: int | None):
+    """``run`` over chunks of the science batch, concatenated (one compilation)."""
+    n = science.image.shape[0]
+    if chunk_size is None or chunk_size >= n:
+        return run(science)
+    outs, basis = [], None
+    for start in range(0, n, chunk_size):
+        stop = min(start + chunk_size, n)
+        sub = jax.tree.map(lambda a: a[start:stop], science)
+        out, basis = run(_pad_batch(sub, chunk_size))
+        outs.append({k: v[: stop - start] for k, v in out.items()})
+    return {k: jnp.concatenate([o[k] for o in outs]) for k in outs[0]}, basis
+
+
+def _sharded(run, devices):
+    """Wrap ``run`` so the science batch is split over ``devices`` along N."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.asarray(devices), ("exposures",))
+    split = NamedSharding(mesh, PartitionSpec("exposures"))
+
+    def sharded(science):
+        n = science.image.shape[0]
+        size = -(-n // len(devices)) * len(devices)
+        padded = jax.device_put(_pad_batch(science, size), split)
+        out, basis = run(padded)
+        return {k: v[:n] for k, v in out.items()}, basis
+
+    return sharded
 
 
 def _increase_nxnysample(reference, science, hyper, bits_ref, bits_sci, config, out):
