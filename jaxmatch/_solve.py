@@ -31,12 +31,7 @@ def solve_least_squares(
     unit row pins them).
     """
     k = design.shape[1]
-    act = active.astype(design.dtype)
-    eye = jnp.eye(k, dtype=design.dtype)
-    ridge = eye * (sqrt_eps * act + (1 - act))[:, None]
-    a = jnp.concatenate(
-        [sqrt_weights[:, None] * design * act[None, :], sqrt_mu * penalty * act[None, :], ridge]
-    )
+    a, act = _stacked(design, sqrt_weights, penalty, sqrt_mu, active, sqrt_eps)
     b = jnp.concatenate(
         [sqrt_weights * values, jnp.zeros(penalty.shape[0] + k, dtype=design.dtype)]
     )
@@ -59,13 +54,20 @@ def least_squares_covariance(
     the inverse is ``R⁻¹ R⁻ᵀ``: the covariance of the coefficients when ``w`` are
     inverse variances (with the penalty, the posterior covariance).
     """
-    k = design.shape[1]
-    act = active.astype(design.dtype)
-    eye = jnp.eye(k, dtype=design.dtype)
-    ridge = eye * (sqrt_eps * act + (1 - act))[:, None]
-    a = jnp.concatenate(
-        [sqrt_weights[:, None] * design * act[None, :], sqrt_mu * penalty * act[None, :], ridge]
-    )
+    a, act = _stacked(design, sqrt_weights, penalty, sqrt_mu, active, sqrt_eps)
+    eye = jnp.eye(design.shape[1], dtype=design.dtype)
     r = jnp.linalg.qr(a, mode="r")
     r_inv = jsl.solve_triangular(r, eye, lower=False)
     return (r_inv @ r_inv.T) * act[:, None] * act[None, :]
+
+
+def _stacked(design, sqrt_weights, penalty, sqrt_mu, active, sqrt_eps):
+    """``[√w B; √μ D; √ε I]`` on the active columns (a unit row pins each inactive
+    one to 0), and the active mask as floats."""
+    k = design.shape[1]
+    act = active.astype(design.dtype)
+    ridge = jnp.eye(k, dtype=design.dtype) * (sqrt_eps * act + (1 - act))[:, None]
+    a = jnp.concatenate(
+        [sqrt_weights[:, None] * design * act[None, :], sqrt_mu * penalty * act[None, :], ridge]
+    )
+    return a, act

@@ -148,22 +148,30 @@ class MatchBackgroundsTask(Task):
                 roughness=self.splineRoughness,
                 raise_on_failure=False,
             )
-            status = np.asarray(result.status)
+            result.status.block_until_ready()
         except Exception as err:  # noqa: BLE001 - LSST logs a failed fit and goes on
             for i in indices:
                 self._logFailure(expRefList[i], f"{type(err).__name__}: {err}")
             return
         for k, i in enumerate(indices):
-            if status[k] != SUCCESS:
-                self._logFailure(expRefList[i], STATUS_MESSAGES[int(status[k])])
-                continue
-            infos[i] = Struct(
-                isReference=False,
-                backgroundModel=result.model[k],
-                fitRMS=float(result.fitRMS[k]),
-                matchedMSE=float(result.matchedMSE[k]),
-                diffImVar=float(result.diffImVar[k]),
-            )
+            self._record(result, k, expRefList[i], infos, i)
+
+    def _record(self, result, k, ref, infos, i, **extra) -> None:
+        """Entry ``i`` of the result list from exposure ``k`` of an engine result."""
+        status = int(result.status[k])
+        if status != SUCCESS:
+            self._logFailure(ref, STATUS_MESSAGES[status])
+            for name, value in extra.items():
+                setattr(infos[i], name, value)
+            return
+        infos[i] = Struct(
+            isReference=False,
+            backgroundModel=result.model[k],
+            fitRMS=float(result.fitRMS[k]),
+            matchedMSE=float(result.matchedMSE[k]),
+            diffImVar=float(result.diffImVar[k]),
+            **extra,
+        )
 
     def _fitGlobal(self, refExposure, batch, indices, expRefList, infos):
         """GLOBAL mode: one joint solve over the reference and every other exposure.
@@ -189,27 +197,15 @@ class MatchBackgroundsTask(Task):
                 roughness=self.splineRoughness,
                 raise_on_failure=False,
             )
-            status = np.asarray(result.status)
+            result.status.block_until_ready()
         except Exception as err:  # noqa: BLE001 - logged like a failed fit
             for _, i in members[1:]:
                 self._logFailure(expRefList[i], f"{type(err).__name__}: {err}")
             return
         groups_ = np.asarray(result.group)
         for k, (_, i) in enumerate(members):
-            if i is None:
-                continue
-            if status[k] != SUCCESS:
-                self._logFailure(expRefList[i], STATUS_MESSAGES[int(status[k])])
-                infos[i].group = int(groups_[k])
-                continue
-            infos[i] = Struct(
-                isReference=False,
-                backgroundModel=result.model[k],
-                fitRMS=float(result.fitRMS[k]),
-                matchedMSE=float(result.matchedMSE[k]),
-                diffImVar=float(result.diffImVar[k]),
-                group=int(groups_[k]),
-            )
+            if i is not None:
+                self._record(result, k, expRefList[i], infos, i, group=int(groups_[k]))
         for info in infos:
             if info.isReference:
                 info.group = int(groups_[0])
