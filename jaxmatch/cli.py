@@ -3,11 +3,36 @@
 ``jaxmatch demo`` simulates the built-in demo patch (stars, galaxies, masks,
 cosmic rays, bad columns, partial coverage, per-exposure backgrounds and flux
 scales), matches it with `MatchBackgroundsTask` and prints the LSST diagnostics
-and the accuracy against the simulated truth.
+and the accuracy against the simulated truth; ``--plot fig.png`` also draws it.
 
-``jaxmatch match`` reads FITS exposures, matches them (reference chosen by the
-LSST cost unless ``--ref`` names one), writes the matched exposures to ``--out``
-and prints the diagnostics table (optionally also as CSV or JSON).
+``jaxmatch match`` reads FITS exposures (LSST multi-extension, or plain images:
+``--gain`` / ``--read-noise`` then give their variance), matches them (reference
+chosen by the LSST cost unless ``--ref`` names one) and writes, for each input
+``NAME.fits``, into ``--out``:
+
+- ``NAME.fits``: the matched exposure (image + model; mask and variance as read),
+  with the input's primary header and WCS;
+- ``NAME.model.fits``: the fitted background model (`jaxmatch.io.readModel`),
+  with the config it was fitted with (not for the reference, whose model is 0).
+
+and prints the diagnostics table (``--table`` also writes it as CSV or JSON).
+``--skip-existing`` leaves the exposures whose outputs all exist untouched, so a
+rerun after an interrupted run finishes the rest (every exposure is still read
+and fitted, so the reference and the table are those of a full run). A progress
+bar (tqdm) shows reading, fitting and writing when stderr is a terminal
+(``--progress`` / ``--no-progress`` to choose).
+
+Precision: JAX computes in float32 unless ``--float64`` is given, so without it
+float64 (and integer) images are rounded to float32 when read and written as
+float32; float32 images, the usual case, are written in float32 either way.
+
+Configuration: ``--config FILE`` (TOML of `MatchBackgroundsConfig` fields) and
+``--set KEY=VALUE`` overrides (repeatable; ``none`` for an optional field, commas
+for ``badMaskPlanes``).
+
+Exit status: 0 success; 1 a problem with the data (a missing, unreadable or
+mismatched file, a failed fit); 2 a bad command line or config; 130 interrupted.
+Errors are one line on stderr, ``jaxmatch: error: ...``.
 """
 
 from __future__ import annotations
@@ -15,6 +40,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import difflib
 import io as _io
 import json
 import logging
@@ -23,6 +49,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+_FITS_SUFFIXES = (".fits", ".fit", ".fts")
+_COMPRESSED_SUFFIXES = (".gz", ".fz", ".bz2")
+
+
+class UsageError(ValueError):
+    """A bad command line or config (exit status 2)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,9 +69,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = _config(args)
         return args.func(args, config)
-    except (ValueError, TypeError, RuntimeError, OSError) as err:
-        print(f"jaxmatch: error: {err}", file=sys.stderr)
+    except UsageError as err:
+        _error(err)
+        return 2
+    except (ValueError, TypeError, RuntimeError, OSError, ImportError) as err:
+        _error(err)
         return 1
+    except KeyboardInterrupt:
+        print("jaxmatch: interrupted", file=sys.stderr)
+        return 130
+
+
+def _error(err: BaseException) -> None:
+    message = " ".join(str(err).split()) or type(err).__name__  # always one line
+    print(f"jaxmatch: error: {message}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,26 +100,51 @@ def _parser() -> argparse.ArgumentParser:
             metavar="KEY=VALUE",
             help="override a config field, e.g. --set binSize=64 (repeatable)",
         )
-        p.add_argument("--float64", action="store_true", help="compute in float64")
+        p.add_argument(
+            "--float64",
+            action="store_true",
+            help="allow float64 (JAX's default is float32: float64 inputs are rounded to it)",
+        )
         p.add_argument("--table", type=Path, help="also write the table (.csv or .json)")
 
     demo = sub.add_parser("demo", help="simulate the built-in demo patch and match it")
     demo.add_argument("--exposures", type=int, default=6, help="number of exposures (6)")
     demo.add_argument("--size", type=int, default=512, help="image side in pixels (512)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    demo.add_argument("--plot", type=Path, help="write a figure (needs matplotlib)")
+    demo.add_argument("--plot", type=Path, help="write a figure, e.g. fig.png (needs matplotlib)")
     common(demo)
     demo.set_defaults(func=_demo)
 
-    match = sub.add_parser("match", help="match FITS exposures and write the matched ones")
+    match = sub.add_parser(
+        "match",
+        help="match FITS exposures and write the matched ones and their models",
+        description="Match FITS exposures of one patch; write NAME.fits (matched) and "
+        "NAME.model.fits (background model) into --out.",
+    )
     match.add_argument("files", nargs="+", type=Path, help="FITS exposures of one patch")
     match.add_argument("--out", type=Path, required=True, help="output directory")
     match.add_argument("--ref", type=Path, help="the reference exposure (one of FILES)")
+    match.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="keep the outputs of exposures already written (finish an interrupted run)",
+    )
+    match.add_argument(
+        "--gain", type=float, help="[e-/ADU] variance of plain images: image/gain + read_noise^2"
+    )
+    match.add_argument("--read-noise", type=float, help="[ADU] read noise of plain images")
+    match.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show progress bars (default: when stderr is a terminal)",
+    )
     common(match)
     match.set_defaults(func=_match)
     return parser
 
 
+# -- configuration ----------------------------------------------------------------------
 def _config(args):
     from ._config import MatchBackgroundsConfig
 
@@ -83,40 +152,65 @@ def _config(args):
         import jax
 
         jax.config.update("jax_enable_x64", True)
+    if args.table is not None and args.table.suffix.lower() not in (".csv", ".json"):
+        raise UsageError(f"--table {args.table}: use a .csv or .json file name")
     values = {}
     if args.config is not None:
-        values = MatchBackgroundsConfig.load(args.config).toDict()
+        if not args.config.is_file():
+            raise UsageError(f"--config {args.config}: no such file")
+        try:
+            values = MatchBackgroundsConfig.load(args.config).toDict()
+        except (ValueError, TypeError) as err:  # tomllib.TOMLDecodeError is a ValueError
+            raise UsageError(f"--config {args.config}: {err}") from None
     elif args.command == "demo":
         values = dict(binSize=64)  # the demo patch is small: 8 x 8 bins of 64 pixels
     fields = {f.name: f for f in dataclasses.fields(MatchBackgroundsConfig)}
     for item in args.set:
         key, sep, raw = item.partition("=")
-        if not sep or key not in fields:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY a config field")
-        values[key] = _parse_value(raw, values.get(key, fields[key].default))
-    return MatchBackgroundsConfig.fromDict(values)
+        key = key.strip()
+        if not sep:
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UsageError(f"--set {item}: unknown config field {key!r}{hint}")
+        try:
+            values[key] = _parse_value(raw.strip(), str(fields[key].type))
+        except ValueError as err:
+            raise UsageError(f"--set {item}: {key} {err}") from None
+    try:
+        return MatchBackgroundsConfig.fromDict(values)
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err)) from None  # the config's own message names the field
 
 
-def _parse_value(raw: str, like):
-    if isinstance(like, bool):
-        if raw.lower() not in ("true", "false"):
-            raise ValueError(f"expected true or false, got {raw!r}")
-        return raw.lower() == "true"
-    if isinstance(like, int):
-        return int(raw)
-    if isinstance(like, float):
-        return float(raw)
-    if isinstance(like, tuple):
-        return tuple(p for p in raw.split(",") if p)
-    if like is None:
-        for cast in (int, float):
-            try:
-                return cast(raw)
-            except ValueError:
-                pass
+def _parse_value(raw: str, type_name: str):
+    """``raw`` as a value of the config field type ``type_name`` (e.g. ``"int | None"``)."""
+    optional = "None" in type_name
+    base = type_name.replace("| None", "").replace("None |", "").strip()
+    if optional and raw.lower() in ("none", "null"):
+        return None
+    if base == "bool":
+        truth = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+        if raw.lower() not in truth:
+            raise ValueError(f"takes true or false, got {raw!r}")
+        return truth[raw.lower()]
+    if base == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"takes an integer, got {raw!r}") from None
+    if base == "float":
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"takes a number, got {raw!r}") from None
+    if base.startswith("tuple"):
+        return tuple(p.strip() for p in raw.split(",") if p.strip())
     return raw
 
 
+# -- demo -------------------------------------------------------------------------------
 def _demo(args, config) -> int:
     import jax.numpy as jnp
 
@@ -125,7 +219,9 @@ def _demo(args, config) -> int:
     from ._task import MatchBackgroundsTask
 
     if args.exposures < 2:
-        raise ValueError("--exposures must be at least 2")
+        raise UsageError("--exposures must be at least 2")
+    if args.plot is not None:
+        _check_plot_target(args.plot)
     t0 = time.perf_counter()
     patch = simulate_patch(args.exposures, (args.size, args.size), seed=args.seed)
     dtype = jnp.float64 if args.float64 else jnp.float32
@@ -174,20 +270,34 @@ def _demo(args, config) -> int:
         f"\naccuracy against the simulated truth (RMS of true minus fitted background "
         f"difference, per-pixel noise sigma = {sigma:.2f} ADU):"
     )
-    print(
-        f"  before matching: mean {np.mean(before):.3f} ADU   after: mean {np.mean(after):.3f} ADU "
-        f"({np.mean(after) / sigma:.3f} sigma), worst {np.max(after):.3f} ADU"
-    )
+    if after:
+        print(
+            f"  before matching: mean {np.mean(before):.3f} ADU   after: mean "
+            f"{np.mean(after):.3f} ADU ({np.mean(after) / sigma:.3f} sigma), "
+            f"worst {np.max(after):.3f} ADU"
+        )
+    else:
+        print(f"  before matching: mean {np.mean(before):.3f} ADU   after: every fit failed")
     print(f"  simulate {t1 - t0:.2f} s, match (incl. compilation) {t2 - t1:.2f} s")
     if args.table:
         _write_table(rows, args.table)
     if args.plot:
         from .plot import plot_demo
 
-        plot_demo(patch, result, args.plot)
+        plot_demo(patch, result, args.plot, config=config)
         print(f"  figure written to {args.plot}")
     failed = sum(1 for r in rows if r["mismatch_after"] is None)
     return 1 if failed else 0
+
+
+def _check_plot_target(path: Path) -> None:
+    """Fail before the work, not after it: matplotlib present, a writable folder."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ImportError("--plot needs matplotlib: pip install 'jaxmatch[plot]'") from None
+    if not path.parent.is_dir():
+        raise UsageError(f"--plot {path}: the folder {path.parent} does not exist")
 
 
 def _describe_model(config) -> str:
@@ -196,46 +306,134 @@ def _describe_model(config) -> str:
     return f"spline {config.interpStyle}"
 
 
+# -- match ------------------------------------------------------------------------------
 def _match(args, config) -> int:
     from ._task import MatchBackgroundsTask
-    from .io import readExposure, writeExposure
+    from .io import applyModel, readExposureWithMetadata, writeExposure, writeModel
 
     files = list(args.files)
-    if len({f.resolve() for f in files}) != len(files):
-        raise ValueError("the same file is listed twice")
-    if args.ref is not None and args.ref.resolve() not in {f.resolve() for f in files}:
-        raise ValueError(f"--ref {args.ref} is not one of the input files")
-    args.out.mkdir(parents=True, exist_ok=True)
-    exposures = []
-    for f in files:
-        try:
-            exposures.append(readExposure(f))
-        except (OSError, ValueError) as err:
-            raise ValueError(f"cannot read {f}: {err}") from None
-    shapes = {tuple(e.image.shape) for e in exposures}
-    if len(shapes) > 1:
-        raise ValueError(
-            f"the exposures have different shapes {sorted(shapes)}; all must share one pixel grid"
-        )
+    resolved = [f.resolve() for f in files]
+    if len(set(resolved)) != len(files):
+        twice = next(f for f, r in zip(files, resolved) if resolved.count(r) > 1)
+        raise UsageError(f"{twice} is listed twice")
+    if args.ref is not None and args.ref.resolve() not in resolved:
+        raise UsageError(f"--ref {args.ref} is not one of the input files")
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} exists and is not a directory")
+    outputs = [_outputs(args.out, f) for f in files]
+    seen: dict[str, Path] = {}
+    inputs = set(resolved)
+    for f, (image_out, model_out) in zip(files, outputs):
+        if image_out.name in seen:
+            raise UsageError(f"{seen[image_out.name]} and {f} would both be written to {image_out}")
+        seen[image_out.name] = f
+        if image_out.resolve() in inputs or model_out.resolve() in inputs:
+            raise UsageError(f"--out {args.out}: writing {f}'s outputs would overwrite an input")
+    for f in files:  # every missing file is found before the slow part starts
+        if not f.exists():
+            raise FileNotFoundError(f"no such file: {f}")
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+
+    read = []
+    for f in _progress(files, desc="reading", show=show, unit="file"):
+        read.append(readExposureWithMetadata(f, gain=args.gain, read_noise=args.read_noise))
+    exposures = [r.exposure for r in read]
+    first = exposures[0].getBBoxShape()
+    for f, e in zip(files, exposures):
+        if e.getBBoxShape() != first:
+            raise ValueError(
+                f"{f} is {e.getBBoxShape()[0]}x{e.getBBoxShape()[1]} pixels but {files[0]} is "
+                f"{first[0]}x{first[1]}; all exposures must share one pixel grid"
+            )
+
     task = MatchBackgroundsTask(config)
-    refIndex = None if args.ref is None else [f.resolve() for f in files].index(args.ref.resolve())
-    result = task.run(
-        exposures, "fits", refExpDataRef=None if refIndex is None else exposures[refIndex]
-    )
-    rows = []
-    for f, exp, info in zip(files, exposures, result.backgroundInfoList):
+    refIndex = None if args.ref is None else resolved.index(args.ref.resolve())
+    with _progress(None, total=1, desc="fitting", show=show, unit="batch") as bar:
+        result = task.run(
+            exposures, "fits", refExpDataRef=None if refIndex is None else exposures[refIndex]
+        )
+        bar.update(1)
+    infos = result.backgroundInfoList
+    refIndex = next(i for i, s in enumerate(infos) if s.isReference)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows, written, kept = [], 0, 0
+    for i in _progress(range(len(files)), desc="writing", show=show, unit="file"):
+        f, info, (image_out, model_out) = files[i], infos[i], outputs[i]
         rows.append(_row(str(f), info))
-        if info.backgroundModel is not None:
-            matched = dataclasses.replace(exp, image=exp.image + info.backgroundModel.getImage())
-            writeExposure(matched, args.out / f.name)
-        elif info.isReference:
-            writeExposure(exp, args.out / f.name)
+        if info.backgroundModel is None and not info.isReference:
+            print(f"jaxmatch: warning: the fit of {f} failed; nothing written", file=sys.stderr)
+            continue
+        wanted = [image_out] if info.isReference else [image_out, model_out]
+        if args.skip_existing and all(p.exists() for p in wanted):
+            kept += 1
+            continue
+        exposure, header, wcs = read[i]
+        header = header.copy()
+        if info.isReference:
+            header.add_history("jaxmatch: the reference of the background matching")
+            matched = exposure
+        else:
+            header.add_history(f"jaxmatch: background matched to {files[refIndex].name}")
+            header.add_history(f"jaxmatch: background model in {model_out.name}")
+            writeModel(
+                info.backgroundModel,
+                model_out,
+                config=config,
+                header={"JMREF": files[refIndex].name, "JMSOURCE": f.name},
+            )
+            matched = applyModel(info.backgroundModel, exposure)
+        writeExposure(matched, image_out, header=header, wcs=wcs)
+        written += 1
     _print_table(rows)
+    note = f", {kept} kept (--skip-existing)" if args.skip_existing else ""
+    print(f"jaxmatch: {written} exposure(s) written to {args.out}{note}", file=sys.stderr)
     if args.table:
         _write_table(rows, args.table)
     return 1 if any(r["fitRMS"] is None and r["reference"] == "no" for r in rows) else 0
 
 
+def _outputs(out: Path, path: Path) -> tuple[Path, Path]:
+    """``(out/NAME.fits, out/NAME.model.fits)`` for an input ``NAME.fits[.gz]``."""
+    stem = path.name
+    for suffixes in (_COMPRESSED_SUFFIXES, _FITS_SUFFIXES):
+        for suffix in suffixes:
+            if stem.lower().endswith(suffix) and len(stem) > len(suffix):
+                stem = stem[: -len(suffix)]
+                break
+    return out / f"{stem}.fits", out / f"{stem}.model.fits"
+
+
+class _NoBar:
+    def __init__(self, iterable=None):
+        self._iterable = iterable
+
+    def __iter__(self):
+        return iter(self._iterable)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n=1):
+        pass
+
+
+def _progress(iterable=None, *, show: bool, **kwargs):
+    """A tqdm progress bar on stderr, or a silent stand-in (also without tqdm)."""
+    if show:
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            show = False
+    if not show:
+        return _NoBar(iterable)
+    return tqdm(iterable, file=sys.stderr, dynamic_ncols=True, **kwargs)
+
+
+# -- tables -----------------------------------------------------------------------------
 def _row(name, info) -> dict:
     return dict(
         exposure=name,
@@ -275,7 +473,7 @@ def _write_table(rows, path: Path) -> None:
         writer.writerows(rows)
         text = buf.getvalue()
     else:
-        raise ValueError(f"--table {path}: use a .csv or .json file name")
+        raise UsageError(f"--table {path}: use a .csv or .json file name")
     atomic_write(path, lambda f: f.write(text.encode()))
 
 

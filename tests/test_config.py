@@ -57,6 +57,10 @@ def _non_default():
         clipSharpness=4.0,
         softminTemperature=0.7,
         dtype="float32",
+        matchMode="GLOBAL",
+        globalGauge="MEAN",
+        globalWeights="PAIR",
+        globalMaxPartners=4,
     )
 
 

@@ -1,14 +1,43 @@
-"""Tests of FITS input/output: `readExposure`, `writeExposure`, `atomic_write`."""
+"""Tests of FITS input/output: exposures (with header and WCS), NDData, model files."""
 
 import os
 import warnings
 
+import astropy.units as u
+import equinox as eqx
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from astropy.io import fits
+from astropy.nddata import (
+    CCDData,
+    InverseVariance,
+    NDData,
+    StdDevUncertainty,
+    VarianceUncertainty,
+)
+from astropy.wcs import WCS
 
+from jaxmatch import (
+    BackgroundModel,
+    Basis,
+    MatchBackgroundsConfig,
+    match,
+    simulate_patch,
+    stack_exposures,
+)
 from jaxmatch._exposure import DEFAULT_MASK_PLANES, Exposure
-from jaxmatch.io import atomic_write, readExposure, writeExposure
+from jaxmatch.io import (
+    applyModel,
+    atomic_write,
+    fromNDData,
+    readExposure,
+    readExposureWithMetadata,
+    readModel,
+    readModelConfig,
+    writeExposure,
+    writeModel,
+)
 
 NO_DATA = 1 << DEFAULT_MASK_PLANES["NO_DATA"]
 
@@ -257,3 +286,338 @@ def test_write_exposure_failure_keeps_existing_file(tmp_path, rng, monkeypatch):
     monkeypatch.undo()
     _assert_identical(readExposure(path), old)
     assert _leftovers(tmp_path, {"exp.fits"}) == []
+
+
+# -- primary header and WCS ----------------------------------------------------------------
+def _tan_wcs():
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [150.1, 2.2]
+    wcs.wcs.crpix = [6.5, 4.5]
+    wcs.wcs.cdelt = [-0.2 / 3600, 0.2 / 3600]
+    wcs.wcs.pc = [[0.99, -0.01], [0.01, 0.99]]
+    return wcs
+
+
+def _assert_same_wcs(a, b):
+    assert a is not None and b is not None
+    assert a.wcs.compare(b.wcs)
+    assert a.to_header(relax=True) == b.to_header(relax=True)
+    y, x = np.mgrid[0:9:4, 0:13:6]
+    np.testing.assert_array_equal(a.all_pix2world(x, y, 0), b.all_pix2world(x, y, 0))
+
+
+def test_round_trip_header_and_wcs(tmp_path, rng):
+    exp = _exposure(rng, np.float32)
+    header = fits.Header()
+    header["OBJECT"] = ("M31 field", "target")
+    header["EXPTIME"] = 30.0
+    header["FILTER"] = "r"
+    header.add_history("flat-fielded")
+    header.add_comment("a comment")
+    header["HIERARCH LSST VISIT ID"] = 4242
+    wcs = _tan_wcs()
+    path = tmp_path / "meta.fits"
+    writeExposure(exp, path, header=header, wcs=wcs)
+    back, back_header, back_wcs = readExposureWithMetadata(path)
+    _assert_identical(back, exp)
+    _assert_same_wcs(back_wcs, wcs)
+    for key in ("OBJECT", "EXPTIME", "FILTER", "HIERARCH LSST VISIT ID"):
+        assert back_header[key] == header[key], key
+    assert back_header.comments["OBJECT"] == "target"
+    assert list(back_header["HISTORY"]) == ["flat-fielded"]
+    assert list(back_header["COMMENT"]) == ["a comment"]
+    assert "NAXIS" not in back_header and "BITPIX" not in back_header
+    with fits.open(path) as hdus:  # the WCS is in every extension, as LSST writes it
+        for name in ("IMAGE", "MASK", "VARIANCE"):
+            assert hdus[name].header["CTYPE1"] == "RA---TAN", name
+    # and a second round trip changes nothing
+    writeExposure(back, tmp_path / "again.fits", header=back_header, wcs=back_wcs)
+    again, again_header, again_wcs = readExposureWithMetadata(tmp_path / "again.fits")
+    _assert_identical(again, exp)
+    _assert_same_wcs(again_wcs, wcs)
+    assert list(again_header.items()) == list(back_header.items())
+
+
+def test_no_header_no_wcs(tmp_path, rng):
+    exp = _exposure(rng, np.float64)
+    writeExposure(exp, tmp_path / "bare.fits")
+    back, header, wcs = readExposureWithMetadata(tmp_path / "bare.fits")
+    _assert_identical(back, exp)
+    assert wcs is None
+    assert "OBJECT" not in header
+
+
+def test_header_from_a_mapping_drops_structural_keywords(tmp_path, rng):
+    exp = _exposure(rng, np.float64)
+    meta = {"SIMPLE": True, "BITPIX": 16, "NAXIS": 2, "NAXIS1": 5, "OBJECT": "x", "AIRMASS": 1.2}
+    writeExposure(exp, tmp_path / "m.fits", header=meta)
+    _, header, _ = readExposureWithMetadata(tmp_path / "m.fits")
+    assert header["OBJECT"] == "x" and header["AIRMASS"] == 1.2
+    assert "NAXIS1" not in header
+    with fits.open(tmp_path / "m.fits") as hdus:
+        assert hdus[0].data is None
+
+
+def test_plain_file_header_wcs_and_noise_model(tmp_path, rng):
+    data = rng.normal(1000.0, 10.0, size=(9, 13))
+    data[3, 4] = np.nan
+    header = _tan_wcs().to_header()
+    header["OBJECT"] = "plain"
+    path = tmp_path / "plain.fits"
+    fits.PrimaryHDU(data, header=header).writeto(path)
+    exp, meta, wcs = readExposureWithMetadata(path, gain=2.0, read_noise=5.0)
+    _assert_same_wcs(wcs, WCS(header))
+    assert meta["OBJECT"] == "plain"
+    expected = np.maximum(data, 0) / 2.0 + 25.0
+    finite = np.isfinite(data)
+    np.testing.assert_allclose(np.asarray(exp.variance)[finite], expected[finite], rtol=1e-15)
+    assert np.isinf(np.asarray(exp.variance)[3, 4])
+    assert np.asarray(exp.mask)[3, 4] == NO_DATA
+    # read noise alone: a constant variance; neither: estimated from the image
+    only_rn = readExposure(path, read_noise=3.0)
+    np.testing.assert_array_equal(np.asarray(only_rn.variance)[finite], 9.0)
+    estimated = readExposure(path)
+    assert np.ptp(np.asarray(estimated.variance)) == 0.0
+    # the MEF variance plane wins over gain / read noise
+    writeExposure(exp, tmp_path / "mef.fits")
+    np.testing.assert_array_equal(
+        np.asarray(readExposure(tmp_path / "mef.fits", gain=100.0).variance),
+        np.asarray(exp.variance),
+    )
+
+
+@pytest.mark.parametrize("kwargs", [dict(gain=0.0), dict(gain=-1.0), dict(read_noise=-1.0)])
+def test_bad_noise_model_is_refused(tmp_path, kwargs):
+    path = tmp_path / "p.fits"
+    fits.PrimaryHDU(np.ones((4, 4))).writeto(path)
+    with pytest.raises(ValueError, match="gain|read_noise"):
+        readExposure(path, **kwargs)
+
+
+# -- astropy NDData / CCDData ------------------------------------------------------------------
+def _ccd(rng, uncertainty=None, mask=True, shape=(9, 13)):
+    data = rng.normal(500.0, 5.0, size=shape)
+    data[1, 2] = np.nan
+    bad = np.zeros(shape, dtype=bool)
+    bad[4, :3] = True
+    return CCDData(
+        data,
+        unit="adu",
+        mask=bad if mask else None,
+        uncertainty=uncertainty,
+        wcs=_tan_wcs(),
+        meta={"OBJECT": "ccd", "EXPTIME": 15.0},
+    )
+
+
+def test_from_ccddata_mask_and_stddev(rng):
+    sigma = rng.uniform(1.0, 3.0, size=(9, 13))
+    ccd = _ccd(rng, StdDevUncertainty(sigma))
+    exp = fromNDData(ccd)
+    mask = np.asarray(exp.mask)
+    bad_bit = 1 << DEFAULT_MASK_PLANES["BAD"]
+    assert mask[1, 2] == NO_DATA
+    np.testing.assert_array_equal(mask[4, :3], bad_bit)
+    assert np.count_nonzero(mask) == 4
+    variance = np.asarray(exp.variance)
+    np.testing.assert_allclose(variance[0], sigma[0] ** 2, rtol=1e-15)
+    assert np.isinf(variance[1, 2])
+    np.testing.assert_array_equal(np.asarray(exp.image)[0], ccd.data[0])
+
+
+def test_from_nddata_uncertainty_kinds(rng):
+    values = rng.uniform(1.0, 3.0, size=(9, 13))
+    var = fromNDData(_ccd(rng, VarianceUncertainty(values)))
+    np.testing.assert_array_equal(np.asarray(var.variance)[0], values[0])
+    ivar = values.copy()
+    ivar[0, 0] = 0.0  # no information: an infinite variance
+    inv = fromNDData(_ccd(rng, InverseVariance(ivar)))
+    np.testing.assert_allclose(np.asarray(inv.variance)[0, 1:], 1.0 / ivar[0, 1:], rtol=1e-15)
+    assert np.isinf(np.asarray(inv.variance)[0, 0])
+    # a plain NDData without mask or uncertainty, integer data
+    plain = fromNDData(NDData(np.arange(48).reshape(6, 8)))
+    assert plain.image.dtype == np.float64
+    assert not np.any(np.asarray(plain.mask))
+
+
+def test_from_nddata_unit_conversion(rng):
+    variance = VarianceUncertainty(np.full((9, 13), 4.0e6), unit=u.mJy**2)
+    ccd = CCDData(rng.normal(size=(9, 13)), unit=u.Jy, uncertainty=variance)
+    exp = fromNDData(ccd)
+    np.testing.assert_allclose(np.asarray(exp.variance), 4.0, rtol=1e-12)  # (2000 mJy)² = 4 Jy²
+
+
+def test_from_nddata_noise_model_and_estimate(rng):
+    ccd = _ccd(rng)
+    exp = fromNDData(ccd, gain=2.0, read_noise=4.0)
+    np.testing.assert_allclose(
+        np.asarray(exp.variance)[0], np.maximum(ccd.data[0], 0) / 2.0 + 16.0, rtol=1e-15
+    )
+    estimated = fromNDData(ccd)
+    assert np.all(np.isfinite(np.asarray(estimated.variance)))
+
+
+def test_from_nddata_integer_mask_and_custom_planes(rng):
+    planes = {"BAD": 2, "NO_DATA": 5, "STREAK": 7}
+    data = rng.normal(size=(6, 8))
+    bits = np.zeros((6, 8), dtype=np.int16)
+    bits[0, 0] = 1 << 7
+    exp = fromNDData(NDData(data, mask=bits), mask_planes=planes)
+    assert exp.getMaskPlaneDict() == planes
+    assert np.asarray(exp.mask)[0, 0] == 1 << 7
+    with pytest.raises(ValueError, match="NO_DATA"):
+        fromNDData(NDData(data), mask_planes={"BAD": 0})
+
+
+def test_from_nddata_refuses_bad_input(rng):
+    with pytest.raises(ValueError, match="2-D"):
+        fromNDData(NDData(np.zeros((2, 3, 4))))
+    with pytest.raises(TypeError, match="NDData"):
+        fromNDData(np.zeros((3, 3)))
+
+
+def test_ccddata_in_fits_out_read_back(tmp_path, rng):
+    ccd = _ccd(rng, StdDevUncertainty(rng.uniform(1.0, 2.0, size=(9, 13))))
+    exp = fromNDData(ccd)
+    path = tmp_path / "from_ccd.fits"
+    writeExposure(exp, path, header=ccd.meta, wcs=ccd.wcs)
+    back, header, wcs = readExposureWithMetadata(path)
+    _assert_identical(back, exp)
+    assert header["OBJECT"] == "ccd" and header["EXPTIME"] == 15.0
+    _assert_same_wcs(wcs, ccd.wcs)
+
+
+# -- background models as data -----------------------------------------------------------------
+def _bases():
+    knots = (8.0, 24.0, 40.0, 56.0)
+    return {
+        "natural": Basis(
+            "SPLINE", (64, 48), style="NATURAL_SPLINE", knots_y=knots, knots_x=knots[:3]
+        ),
+        "akima": Basis(
+            "SPLINE",
+            (64, 48),
+            style="AKIMA_SPLINE",
+            knots_y=tuple(np.linspace(3.5, 60.5, 6)),
+            knots_x=(4.0, 14.0, 24.0, 34.0, 44.0),
+        ),
+        "linear": Basis("SPLINE", (64, 48), style="LINEAR", knots_y=knots, knots_x=(10.0, 30.0)),
+        "chebyshev": Basis("CHEBYSHEV", (64, 48), order_y=3, order_x=2),
+    }
+
+
+# Jitted evaluation: one compilation per basis (the basis is static, so an equal loaded
+# basis reuses it) instead of the slow op-by-op first call of an eager getImage().
+_image = eqx.filter_jit(lambda model: model.getImage())
+_evaluate = eqx.filter_jit(lambda model, y, x: model.evaluate(y, x))
+
+
+@pytest.mark.parametrize(
+    "name, dtype",
+    [
+        ("natural", np.float32),
+        ("akima", np.float64),
+        ("linear", np.float32),
+        ("chebyshev", np.float64),
+    ],
+)
+def test_model_round_trip(tmp_path, rng, name, dtype):
+    basis = _bases()[name]
+    model = BackgroundModel(
+        jnp.asarray(rng.normal(size=basis.coefficient_shape).astype(dtype)), basis
+    )
+    path = tmp_path / "m.model.fits"
+    writeModel(model, path)
+    back = readModel(path)
+    assert back.basis == model.basis  # equal static field: no recompilation
+    assert back.coefficients.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(back.coefficients), np.asarray(model.coefficients))
+    np.testing.assert_array_equal(np.asarray(_image(back)), np.asarray(_image(model)))
+    y, x = jnp.asarray([0.0, 10.5, 63.0]), jnp.asarray([-2.0, 47.0])  # any grid
+    np.testing.assert_array_equal(
+        np.asarray(_evaluate(back, y, x)), np.asarray(_evaluate(model, y, x))
+    )
+    assert readModelConfig(path) is None
+    assert _leftovers(tmp_path, {"m.model.fits"}) == []
+
+
+def test_batched_model_round_trip_with_config(tmp_path, rng):
+    basis = _bases()["natural"]
+    model = BackgroundModel(jnp.asarray(rng.normal(size=(3, *basis.coefficient_shape))), basis)
+    config = MatchBackgroundsConfig(binSize=16, interpStyle="NATURAL_SPLINE", orderY=None)
+    path = tmp_path / "batch.fits"
+    writeModel(model, path, config=config, header={"FITRMS": 0.25})
+    back = readModel(path)
+    np.testing.assert_array_equal(np.asarray(_image(back)), np.asarray(_image(model)))
+    assert MatchBackgroundsConfig.fromDict(readModelConfig(path)) == config
+    with fits.open(path) as hdus:
+        assert hdus[0].header["FITRMS"] == 0.25
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    patch = simulate_patch(3, (64, 64), seed=3)
+    exps = [Exposure(patch.images[i], patch.masks[i], patch.variances[i]) for i in range(3)]
+    config = MatchBackgroundsConfig(binSize=16, interpStyle="NATURAL_SPLINE")
+    result = match(exps[0], stack_exposures(exps[1:]), config)
+    return exps, result, config
+
+
+def test_saved_fitted_model_applies_as_the_fit_did(tmp_path, fitted):
+    exps, result, config = fitted
+    writeModel(result.model[0], tmp_path / "one.fits", config=config)
+    model = readModel(tmp_path / "one.fits")
+    np.testing.assert_array_equal(np.asarray(_image(model)), np.asarray(_image(result.model[0])))
+    matched = applyModel(model, exps[1])
+    np.testing.assert_allclose(
+        np.asarray(matched.image), np.asarray(result.matched[0]), rtol=0, atol=1e-9
+    )
+    np.testing.assert_array_equal(np.asarray(matched.mask), np.asarray(exps[1].mask))
+    np.testing.assert_array_equal(np.asarray(matched.variance), np.asarray(exps[1].variance))
+    # the same model on another image of that grid
+    other = applyModel(model, exps[2])
+    np.testing.assert_allclose(
+        np.asarray(other.image) - np.asarray(exps[2].image),
+        np.asarray(_image(model)),
+        rtol=0,
+        atol=1e-9,
+    )
+    # a batch of models on a batch of exposures
+    writeModel(result.model, tmp_path / "batch.fits")
+    batch = applyModel(readModel(tmp_path / "batch.fits"), stack_exposures(exps[1:]))
+    np.testing.assert_allclose(
+        np.asarray(batch.image), np.asarray(result.matched), rtol=0, atol=1e-9
+    )
+
+
+def test_apply_model_dtype_and_mismatches(rng):
+    basis = _bases()["chebyshev"]
+    model = BackgroundModel(jnp.asarray(rng.normal(size=basis.coefficient_shape)), basis)
+    exp32 = Exposure(np.ones((64, 48), np.float32), variance=np.ones((64, 48), np.float32))
+    assert applyModel(model, exp32).image.dtype == np.float32
+    with pytest.raises(ValueError, match="64x48"):
+        applyModel(model, Exposure(np.ones((48, 64)), variance=np.ones((48, 64))))
+    batch = BackgroundModel(jnp.zeros((2, *basis.coefficient_shape)), basis)
+    three = stack_exposures([Exposure(np.ones((64, 48)), variance=np.ones((64, 48)))] * 3)
+    with pytest.raises(ValueError, match="batch"):
+        applyModel(batch, three)
+    with pytest.raises(TypeError, match="BackgroundModel"):
+        applyModel(np.zeros((64, 48)), three)
+
+
+def test_read_model_errors(tmp_path, rng):
+    with pytest.raises(FileNotFoundError, match="nothere"):
+        readModel(tmp_path / "nothere.fits")
+    (tmp_path / "junk.fits").write_bytes(b"not fits" * 400)
+    with pytest.raises(ValueError, match="junk.fits"):
+        readModel(tmp_path / "junk.fits")
+    writeExposure(_exposure(rng, np.float64), tmp_path / "exposure.fits")
+    with pytest.raises(ValueError, match="not a jaxmatch model"):
+        readModel(tmp_path / "exposure.fits")
+    basis = _bases()["chebyshev"]
+    writeModel(BackgroundModel(jnp.zeros(basis.coefficient_shape), basis), tmp_path / "m.fits")
+    with fits.open(tmp_path / "m.fits", mode="update") as hdus:
+        hdus[0].header["ORDER_X"] = 5  # the coefficients no longer fit the basis
+    with pytest.raises(ValueError, match="do not fit the basis"):
+        readModel(tmp_path / "m.fits")
