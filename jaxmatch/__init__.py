@@ -1,6 +1,7 @@
 """jaxmatch: batched, differentiable background matching of astronomical exposures."""
 
-from . import io as io
+# _xla_flags first: it sets XLA_FLAGS before JAX starts its backend.
+from . import _xla_flags as _xla_flags, io as io
 from ._config import MatchBackgroundsConfig as MatchBackgroundsConfig
 from ._exposure import (
     DEFAULT_MASK_PLANES as DEFAULT_MASK_PLANES,

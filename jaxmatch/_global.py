@@ -374,16 +374,20 @@ def solve_pairs(w, z, valid, pairs, groups, gauge, hyper, config, plan, n, with_
     nk, nc = n * k, constraint.shape[0]
     kkt = jnp.block([[a.reshape(nk, nk), constraint.T], [constraint, jnp.zeros((nc, nc), dtype)]])
     full_rhs = jnp.concatenate([rhs.reshape(nk), jnp.zeros(nc, dtype)])
-    sol = jnp.linalg.solve(kkt, full_rhs)
+    # One factorisation only: two LAPACK calls side by side in one XLA CPU
+    # program can deadlock, so the covariance's inverse also gives the solution.
+    if with_covariance:
+        inverse = jnp.linalg.inv(kkt)
+        sol = inverse @ full_rhs
+        blocks = inverse[:nk, :nk].reshape(n, k, n, k)
+        cov = blocks[jnp.arange(n), :, jnp.arange(n), :] / w_bar
+        cov = cov * act[:, :, None] * act[:, None, :]  # inactive terms are exactly 0
+    else:
+        sol = jnp.linalg.solve(kkt, full_rhs)
+        cov = jnp.full((n, k, k), jnp.nan, dtype)
     coef = sol[:nk].reshape(n, k)
     if config.globalGauge == "REFERENCE":  # exactly 0, not 0 up to rounding
         coef = jnp.where(jnp.asarray(gauge)[:, None], 0.0, coef)
-    if with_covariance:
-        inverse = jnp.linalg.inv(kkt)[:nk, :nk].reshape(n, k, n, k)
-        cov = inverse[jnp.arange(n), :, jnp.arange(n), :] / w_bar
-        cov = cov * act[:, :, None] * act[:, None, :]  # inactive terms are exactly 0
-    else:
-        cov = jnp.full((n, k, k), jnp.nan, dtype)
 
     return dict(
         coef=coef,

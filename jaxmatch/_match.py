@@ -29,7 +29,7 @@ from ._config import MatchBackgroundsConfig
 from ._diagnostics import diff_im_var, fit_rms, matched_mse
 from ._exposure import Exposure
 from ._model import BackgroundModel, Basis
-from ._solve import least_squares_covariance, solve_least_squares
+from ._solve import solve_least_squares
 from ._spline import DEGREE, MIN_POINTS, difference_matrix, knots, max_style
 
 # Status codes (docs/algorithm.md §9), returned per exposure from inside jit.
@@ -266,8 +266,12 @@ def prepare_fit(ref, sci, hyper, bits_ref, bits_sci, config, plan) -> dict:
     )
 
 
-def solve_prepared(fit: dict, sqrt_w=None):
-    """Coefficients (K,) of a prepared fit; ``sqrt_w`` overrides the bin weights."""
+def solve_prepared(fit: dict, sqrt_w=None, *, with_covariance: bool = False):
+    """Coefficients (K,) of a prepared fit; ``sqrt_w`` overrides the bin weights.
+
+    With ``with_covariance``: ``(coefficients, covariance)`` in the units of the
+    normalised weights (see `solve_least_squares`).
+    """
     sqrt_w = fit["sqrt_w"] if sqrt_w is None else sqrt_w
     return solve_least_squares(
         fit["design"],
@@ -277,6 +281,7 @@ def solve_prepared(fit: dict, sqrt_w=None):
         fit["sqrt_mu"],
         fit["active"],
         fit["sqrt_eps"],
+        with_covariance=with_covariance,
     )
 
 
@@ -286,20 +291,13 @@ def _match_one(ref, sci, hyper, bits_ref, bits_sci, config, plan):
     fit = prepare_fit(ref, sci, hyper, bits_ref, bits_sci, config, plan)
     basis = plan.basis
     ky, kx = basis.coefficient_shape
-    coef = solve_prepared(fit).reshape(ky, kx)
+    coef, cov = solve_prepared(fit, with_covariance=True)
+    coef = coef.reshape(ky, kx)
     diff, diff_var, usable, stat = fit["diff"], fit["diff_var"], fit["usable"], fit["stat"]
     value, err, valid, sqrt_w = fit["value"], fit["err"], fit["valid"], fit["sqrt_w"]
     n_valid, under, orders, m_min = fit["n_valid"], fit["under"], fit["orders"], fit["m_min"]
     nsig = hyper["num_sigma_clip"]
     # Coefficient covariance in data units: the fit used w̃ = w / mean(w).
-    cov = least_squares_covariance(
-        fit["design"],
-        sqrt_w.reshape(-1),
-        fit["penalty"],
-        fit["sqrt_mu"],
-        fit["active"],
-        fit["sqrt_eps"],
-    )
     mean_w = jnp.sum(fit["w_raw"]) / jnp.maximum(n_valid, 1).astype(dtype)
     resid = jnp.where(valid, fit["z"] - (fit["design"] @ coef.reshape(-1)).reshape(valid.shape), 0)
     dof = jnp.maximum(n_valid - jnp.sum(fit["active"]), 1).astype(dtype)

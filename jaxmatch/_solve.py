@@ -23,12 +23,20 @@ def solve_least_squares(
     sqrt_mu: Float[Array, ""],
     active: Bool[Array, " k"],
     sqrt_eps: Float[Array, ""],
-) -> Float[Array, " k"]:
+    *,
+    with_covariance: bool = False,
+):
     """The minimiser ``c`` (k,) of the problem in the module docstring.
 
     Rows with ``sqrt_weights == 0`` drop out; ``values`` there must be finite
     (use 0). Inactive columns get coefficient 0 (their column is zeroed and a
     unit row pins them).
+
+    With ``with_covariance``, returns ``(c, Σ)`` where ``Σ = (AᵀA)⁻¹ = R⁻¹R⁻ᵀ`` on
+    the active terms (0 elsewhere), from the same factorisation: the coefficient
+    covariance when ``w`` are inverse variances (with a penalty, the posterior
+    covariance). One QR serves both: two LAPACK calls side by side in one XLA CPU
+    program can deadlock.
     """
     k = design.shape[1]
     a, act = _stacked(design, sqrt_weights, penalty, sqrt_mu, active, sqrt_eps)
@@ -36,29 +44,12 @@ def solve_least_squares(
         [sqrt_weights * values, jnp.zeros(penalty.shape[0] + k, dtype=design.dtype)]
     )
     q, r = jnp.linalg.qr(a, mode="reduced")
-    coef = jsl.solve_triangular(r, q.T @ b, lower=False)
-    return coef * act
-
-
-def least_squares_covariance(
-    design: Float[Array, "m k"],
-    sqrt_weights: Float[Array, " m"],
-    penalty: Float[Array, "p k"],
-    sqrt_mu: Float[Array, ""],
-    active: Bool[Array, " k"],
-    sqrt_eps: Float[Array, ""],
-) -> Float[Array, "k k"]:
-    """``(Bᵀ W B + μ DᵀD + ε I)⁻¹`` on the active terms (0 elsewhere), from ``R``.
-
-    With ``A = QR`` the stacked matrix of `solve_least_squares`, ``AᵀA = RᵀR`` so
-    the inverse is ``R⁻¹ R⁻ᵀ``: the covariance of the coefficients when ``w`` are
-    inverse variances (with the penalty, the posterior covariance).
-    """
-    a, act = _stacked(design, sqrt_weights, penalty, sqrt_mu, active, sqrt_eps)
-    eye = jnp.eye(design.shape[1], dtype=design.dtype)
-    r = jnp.linalg.qr(a, mode="r")
+    eye = jnp.eye(k, dtype=design.dtype)
+    if not with_covariance:
+        return jsl.solve_triangular(r, q.T @ b, lower=False) * act
     r_inv = jsl.solve_triangular(r, eye, lower=False)
-    return (r_inv @ r_inv.T) * act[:, None] * act[None, :]
+    coef = (r_inv @ (q.T @ b)) * act
+    return coef, (r_inv @ r_inv.T) * act[:, None] * act[None, :]
 
 
 def _stacked(design, sqrt_weights, penalty, sqrt_mu, active, sqrt_eps):

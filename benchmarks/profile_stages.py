@@ -1,0 +1,237 @@
+"""Stage-by-stage timing of `jaxmatch.match` (one case), to see which stage dominates.
+
+Each stage is jitted and vmapped over the batch exactly as `_match_one` calls it,
+compiled once, then timed (median of ``--repeats`` runs, ``block_until_ready``).
+The stages overlap (e.g. "grid MEANCLIP" includes forming the difference image),
+so the numbers are not meant to add up; compare each with "full match".
+
+    python benchmarks/profile_stages.py [--n 16] [--side 1024] [--dtype float32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import meanclip_sketch  # noqa: E402
+from data import make_case  # noqa: E402
+
+import jaxmatch  # noqa: E402
+from jaxmatch import _match as jm  # noqa: E402
+from jaxmatch._binning import grid_statistics, split_cells  # noqa: E402
+from jaxmatch._diagnostics import diff_im_var, fit_rms, matched_mse  # noqa: E402
+from jaxmatch._solve import solve_least_squares  # noqa: E402
+
+
+def timed(fn, *args, repeats=5):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    compile_s = time.perf_counter() - t0
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        runs.append(time.perf_counter() - t0)
+    return compile_s, statistics.median(runs), min(runs)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--side", type=int, default=1024)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--interp", default="NATURAL_SPLINE")
+    ap.add_argument("--statistic", default="MEANCLIP")
+    ap.add_argument("--polynomial", action="store_true")
+    ap.add_argument("--order", type=int, default=6)
+    ap.add_argument("--bin-size", type=int, default=None, help="default: side // 16")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", default=None, help="write the numbers as JSON")
+    args = ap.parse_args(argv)
+
+    n, side, dtype = args.n, args.side, np.dtype(args.dtype)
+    bin_size = args.bin_size or side // 16
+    case = make_case(n, side, dtype, seed=0)
+    ref, sci = case.jax_exposures()
+    config = jaxmatch.MatchBackgroundsConfig(
+        usePolynomial=args.polynomial,
+        order=args.order,
+        interpStyle=args.interp,
+        gridStatistic=args.statistic,
+        binSize=bin_size,
+    )
+    bits_r = ref.bitmask(config.badMaskPlanes)
+    bits_s = sci.bitmask(config.badMaskPlanes)
+    plan = jm.plan_fit(config, (side, side), bin_size)
+    nsig = jnp.asarray(config.numSigmaClip, dtype=dtype)
+    stat = (config.gridStatistic, nsig, config.numIter)
+
+    def prep(s):
+        diff = ref.image - s.image
+        usable = ((ref.mask & bits_r) == 0) & ((s.mask & bits_s) == 0) & jnp.isfinite(diff)
+        return diff, usable
+
+    def stage_floor_add(s):  # read one image plane, write one: the JAX memory floor
+        return s.image + ref.image
+
+    def stage_diff_sum(s):  # diff, usable and ONE masked reduction per cell
+        diff, usable = prep(s)
+        cells, _ = split_cells(jnp.where(usable, diff, 0), plan.fit_y, plan.fit_x)
+        return jnp.sum(cells, axis=(1, 3))
+
+    def stage_grid(s):
+        diff, usable = prep(s)
+        return grid_statistics(diff, usable, plan.fit_y, plan.fit_x, *stat)
+
+    def stage_grid_diag(s):  # the grid statistic plus diffImVar and matchedMSE passes
+        diff, usable = prep(s)
+        g = grid_statistics(diff, usable, plan.fit_y, plan.fit_x, *stat)
+        var = diff_im_var(ref.variance + s.variance, usable, nsig, config.numIter)
+        return g, var
+
+    ny, nx = len(plan.fit_y[0]), len(plan.fit_x[0])
+    equal_bins = side % bin_size == 0
+
+    def stage_grid_sketch(s):  # MEANCLIP with one data pass per iteration (meanclip_sketch)
+        diff, usable = prep(s)
+        return meanclip_sketch.grid_meanclip(diff, usable, ny, nx, nsig, config.numIter)
+
+    def stage_diffimvar_sketch(s):
+        diff, usable = prep(s)
+        var = ref.variance + s.variance
+        ok = usable & jnp.isfinite(var)
+        return meanclip_sketch.meanclip(var, ok, (0, 1), nsig, config.numIter)[0]
+
+    def stage_diffimvar(s):
+        diff, usable = prep(s)
+        return diff_im_var(ref.variance + s.variance, usable, nsig, config.numIter)
+
+    basis = plan.basis
+    coef_shape = basis.coefficient_shape
+    coef = jnp.asarray(np.random.default_rng(0).normal(size=(n,) + coef_shape), dtype=dtype)
+
+    def stage_eval(c):  # model image only (separable evaluation)
+        return basis.evaluate(c, jnp.arange(side, dtype=dtype), jnp.arange(side, dtype=dtype))
+
+    def stage_eval_add(c, s):  # model image + matched = sci + model + matchedMSE + fitRMS
+        model = stage_eval(c)
+        diff, usable = prep(s)
+        return (
+            s.image + model,
+            matched_mse(diff, model, usable),
+            fit_rms(
+                jnp.zeros((len(plan.diag_y[0]), len(plan.diag_x[0])), dtype),
+                jnp.ones((len(plan.diag_y[0]), len(plan.diag_x[0])), bool),
+                model,
+                plan.diag_y,
+                plan.diag_x,
+            ),
+        )
+
+    # The solve on the real grid values: take them from one full run.
+    full = jaxmatch.match(ref, sci, config, raise_on_failure=False)
+    jax.block_until_ready(full)
+
+    # Build the solve exactly as _match_one does, from grid values/weights.
+    cy = jnp.asarray(jm.cell_centres(*plan.fit_y), dtype=dtype)
+    cx = jnp.asarray(jm.cell_centres(*plan.fit_x), dtype=dtype)
+    by, bx = basis.matrix_y(cy), basis.matrix_x(cx)
+    ky, kx = coef_shape
+    design = jnp.einsum("ap,bq->abpq", by, bx).reshape(-1, ky * kx)
+    if basis.kind == "SPLINE":
+        degree = jm.DEGREE[basis.style]
+        dy, dx = jm.difference_matrix(ky, degree), jm.difference_matrix(kx, degree)
+        penalty = jnp.asarray(
+            np.concatenate([np.kron(dy, np.eye(kx)), np.kron(np.eye(ky), dx)]), dtype=dtype
+        )
+    else:
+        penalty = jnp.zeros((0, ky * kx), dtype=dtype)
+    z = jnp.nan_to_num(full.grid_values).reshape(n, -1)
+    sw = jnp.sqrt(full.grid_weights).reshape(n, -1)
+    active = jnp.ones(ky * kx, bool)
+
+    def stage_solve(z1, w1):
+        return solve_least_squares(
+            design, z1, w1, penalty, jnp.asarray(1e-3, dtype), active, jnp.asarray(1e-4, dtype)
+        )
+
+    def stage_prepare(s):  # the library's own "everything before the solve", if it has one
+        hyper = jm._hyperparameters(config, dtype, None, None, None)
+        fit = jm.prepare_fit(ref, s, hyper, bits_r, bits_s, config, plan)
+        return fit["z"], fit["sqrt_w"], fit["design"]
+
+    def full_match():
+        return jaxmatch.match(ref, sci, config, raise_on_failure=False)
+
+    vm = lambda f: jax.jit(jax.vmap(f))  # noqa: E731
+    stages = [
+        ("floor: sci + ref (jit)", vm(stage_floor_add), (sci,)),
+        ("diff + usable + 1 masked cell sum", vm(stage_diff_sum), (sci,)),
+        (f"grid {config.gridStatistic} (fit grid)", vm(stage_grid), (sci,)),
+        *(
+            [("grid MEANCLIP, one-pass sketch", vm(stage_grid_sketch), (sci,))]
+            if config.gridStatistic == "MEANCLIP" and equal_bins
+            else []
+        ),
+        ("diffImVar alone (MEANCLIP of var)", vm(stage_diffimvar), (sci,)),
+        ("diffImVar, one-pass sketch", vm(stage_diffimvar_sketch), (sci,)),
+        (f"grid {config.gridStatistic} + diffImVar", vm(stage_grid_diag), (sci,)),
+        *(
+            [("prepare_fit (all before the solve)", vm(stage_prepare), (sci,))]
+            if hasattr(jm, "prepare_fit")
+            else []
+        ),
+        ("solve alone (QR on the grid)", vm(stage_solve), (z, sw)),
+        ("model evaluation alone", vm(stage_eval), (coef,)),
+        ("model + matched + MSE + fitRMS", vm(stage_eval_add), (coef, sci)),
+        ("full jaxmatch.match", full_match, ()),
+    ]
+    pix = n * side * side
+    print(f"# OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
+    print(
+        f"# stage profile: N={n} {side}x{side} {dtype} {config.gridStatistic} "
+        f"{'Chebyshev order ' + str(config.order) if config.usePolynomial else config.interpStyle} "
+        f"binSize={bin_size}; {jax.devices()[0]}; load avg {jax_load()}"
+    )
+    print(
+        f"{'stage':42s} {'compile s':>9s} {'median s':>9s} {'min s':>8s} {'Mpix/s':>8s} "
+        f"{'% of match':>10s}"
+    )
+    rows = []
+    for name, fn, a in stages:
+        c, med, mn = timed(fn, *a, repeats=args.repeats)
+        rows.append(dict(stage=name, compile_s=c, median_s=med, min_s=mn))
+    total = rows[-1]["median_s"]
+    for r in rows:
+        print(
+            f"{r['stage']:42s} {r['compile_s']:9.3f} {r['median_s']:9.3f} {r['min_s']:8.3f} "
+            f"{pix / r['median_s'] / 1e6:8.1f} {100 * r['median_s'] / total:9.0f}%"
+        )
+    if args.out:
+        Path(args.out).write_text(
+            json.dumps(
+                dict(n=n, side=side, dtype=str(dtype), config=config.toDict(), stages=rows),
+                indent=1,
+            )
+        )
+
+
+def jax_load():
+    import os
+
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+if __name__ == "__main__":
+    main()
