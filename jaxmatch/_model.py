@@ -3,7 +3,7 @@
 Every model is separable: ``M(y, x) = Σ_pq C[p, q] Y_p(y) X_q(x)``, so the model
 image is ``Y (H × ky) · C (ky × kx) · Xᵀ (kx × W)`` and never needs an
 ``(H·W, K)`` design matrix. The one exception, ``AKIMA_SPLINE``, is evaluated
-separably too: 1-D Akima interpolation (interpax) of the knot values along y for
+separably too: 1-D Akima interpolation (`_akima`) of the knot values along y for
 every knot column, then along x (the order afw uses).
 """
 
@@ -12,12 +12,12 @@ from __future__ import annotations
 import dataclasses
 
 import equinox as eqx
-import interpax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ._akima import akima_grid
 from ._chebyshev import chebyshev_matrix, to_unit_interval
 from ._spline import DEGREE, cardinal_basis
 
@@ -62,10 +62,8 @@ class Basis:
     ) -> Float[Array, "ny nx"]:
         """The model on the grid ``y × x`` of pixel coordinates, separably."""
         if self.kind == "SPLINE" and self.style == "AKIMA_SPLINE":
-            ty = jnp.asarray(self.knots_y, dtype=coefficients.dtype)
-            tx = jnp.asarray(self.knots_x, dtype=coefficients.dtype)
-            cols = interpax.interp1d(y, ty, coefficients, method="akima", extrap=True)
-            return interpax.interp1d(x, tx, cols.T, method="akima", extrap=True).T
+            ty, tx = np.asarray(self.knots_y), np.asarray(self.knots_x)
+            return akima_grid(coefficients, ty, tx, y, x)
         return self.matrix_y(y) @ coefficients @ self.matrix_x(x).T
 
 

@@ -27,7 +27,7 @@ from jaxmatch._spline import cardinal_basis, difference_matrix, knots
 # - value: the same few float64 operations on O(1..10) numbers in both codes; the
 #   natural spline adds a (k-2)x(k-2) diagonally dominant solve (condition < 10):
 #   errors ~1e-15, 1e-12 leaves margin.
-# - akima: interpax and SciPy build the same piecewise cubic by different formulas;
+# - akima: jaxmatch and SciPy build the same piecewise cubic by different formulas;
 #   extrapolating a cubic a few knots out multiplies rounding by ~1e3: 1e-10.
 # - transform: jit/vmap may reorder a sum or fuse a multiply-add: last bits only.
 # - grad: central differences with eps = 1e-5: truncation ~eps² f''' ~ 1e-10,
@@ -341,8 +341,7 @@ def _assert_grad_matches_central_differences(loss, x, n_dir=3, seed=0):
 
 
 def test_model_gradient_wrt_coefficients():
-    # (The Akima model's gradient is left out: differentiating interpax compiles for
-    # ~2.5 s, over this file's time budget.)
+    # (The Akima model's gradient is checked through `match` in test_match.py.)
     kind = "NATURAL_SPLINE"
     basis = _basis(kind)
     c = jnp.asarray(_coefficients(basis, seed=3))
