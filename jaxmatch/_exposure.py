@@ -36,7 +36,7 @@ class Exposure(eqx.Module):
 
     Arguments:
         image: pixel values [ADU], shape ``(..., H, W)``; integer images are
-            converted to the default float dtype.
+            converted to the default float dtype, half-precision ones to float32.
         mask: integer bit planes, same shape (None: all zero).
         variance: per-pixel variance [ADU²], same shape (None: estimated, see
             `estimate_variance`).
@@ -61,6 +61,8 @@ class Exposure(eqx.Module):
             if not (jnp.issubdtype(image.dtype, jnp.integer) or image.dtype == bool):
                 raise TypeError(f"image must hold real numbers, got dtype {image.dtype}")
             image = image.astype(jnp.result_type(float))
+        elif jnp.finfo(image.dtype).bits < 32:  # float16/bfloat16: the solver needs float32+
+            image = image.astype(jnp.float32)
         if mask is None:
             mask = jnp.zeros(image.shape, dtype=jnp.int32)
         else:
@@ -193,7 +195,8 @@ def estimate_variance(
     if pair.shape[-1] * pair.shape[-2] == 0:  # W == 1: no horizontal pairs at all
         return jnp.full(image.shape, jnp.nan, dtype=image.dtype)
     delta = jnp.where(pair, image[..., :, 1:] - image[..., :, :-1], jnp.nan)
-    flat = delta.reshape(delta.shape[:-2] + (-1,))
+    # An explicit size: reshape(-1) fails on an empty batch (0, H, W).
+    flat = delta.reshape(delta.shape[:-2] + (delta.shape[-2] * delta.shape[-1],))
     med = jnp.nanmedian(flat, axis=-1, keepdims=True)
     mad = jnp.nanmedian(jnp.abs(flat - med), axis=-1)
     sigma = _MAD_TO_SIGMA * mad / jnp.sqrt(2.0)

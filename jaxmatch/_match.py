@@ -259,11 +259,21 @@ def prepare_fit(ref, sci, hyper, bits_ref, bits_sci, config, plan) -> dict:
         sqrt_mu=sqrt_mu,
         active=active.reshape(-1),
         sqrt_eps=sqrt_eps,
+        constant=_constant_coefficients(basis, dtype),
         under=under,
         orders=orders,
         m_min=m_min,
         n_valid=n_valid,
     )
+
+
+def _constant_coefficients(basis: Basis, dtype):
+    """Coefficients (K,) of the constant function 1: ``T_0 T_0`` for Chebyshev,
+    every knot value 1 for the cardinal spline bases."""
+    ky, kx = basis.coefficient_shape
+    if basis.kind == "CHEBYSHEV":
+        return jnp.zeros(ky * kx, dtype).at[0].set(1.0)
+    return jnp.ones(ky * kx, dtype)
 
 
 def solve_prepared(fit: dict, sqrt_w=None, *, with_covariance: bool = False):
@@ -272,17 +282,26 @@ def solve_prepared(fit: dict, sqrt_w=None, *, with_covariance: bool = False):
     With ``with_covariance``: ``(coefficients, covariance)`` in the units of the
     normalised weights (see `solve_least_squares`).
     """
-    sqrt_w = fit["sqrt_w"] if sqrt_w is None else sqrt_w
-    return solve_least_squares(
+    sqrt_w = (fit["sqrt_w"] if sqrt_w is None else sqrt_w).reshape(-1)
+    # Fit the deviation from the weighted mean and add the mean back as the
+    # constant function (§6): the ε guard then pulls unconstrained coefficients
+    # (bins without data) towards the mean level, not towards 0.
+    z = fit["z"].reshape(-1)
+    w = sqrt_w * sqrt_w
+    offset = jnp.sum(w * z) / jnp.where(jnp.sum(w) > 0, jnp.sum(w), 1.0)
+    out = solve_least_squares(
         fit["design"],
-        fit["z"].reshape(-1),
-        sqrt_w.reshape(-1),
+        z - offset,
+        sqrt_w,
         fit["penalty"],
         fit["sqrt_mu"],
         fit["active"],
         fit["sqrt_eps"],
         with_covariance=with_covariance,
     )
+    if with_covariance:
+        return out[0] + offset * fit["constant"], out[1]
+    return out + offset * fit["constant"]
 
 
 def _match_one(ref, sci, hyper, bits_ref, bits_sci, config, plan):

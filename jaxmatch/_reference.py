@@ -292,5 +292,10 @@ def soft_reference(
     # Zero only the non-finite pixels of zero-weight exposures, so that the
     # gradient w.r.t. such a weight is still the image where it is finite.
     unweighted_bad = (weights == 0)[:, None, None] & ~jnp.isfinite(images)
-    safe_images = jnp.where(unweighted_bad, 0, images)
-    return jnp.tensordot(weights, safe_images, axes=1)
+    value = jnp.tensordot(weights, jnp.where(unweighted_bad, 0, images), axes=1)
+    # The double-where: where the value is non-finite it carries no gradient, and the
+    # finite pixels' sum is taken over finite images only. Otherwise a (masked)
+    # non-finite pixel sends 0 · NaN = NaN into the gradient w.r.t. every weight.
+    finite = jnp.isfinite(value)
+    safe_value = jnp.tensordot(weights, jnp.where(jnp.isfinite(images), images, 0), axes=1)
+    return jnp.where(finite, safe_value, jax.lax.stop_gradient(value))

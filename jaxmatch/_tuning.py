@@ -372,7 +372,8 @@ def tune(
     def step(p, state, b):
         traces[0] += 1  # runs only while tracing
         loss, grads = jax.value_and_grad(loss_fn)(p, b)
-        grads = jax.tree.map(lambda g, m: g * m, grads, mask)
+        # where, not g * m: a NaN gradient of a fixed parameter must not leak (0 · NaN)
+        grads = jax.tree.map(lambda g, m: jnp.where(m, g, 0), grads, mask)
         updates, state = optimizer.update(grads, state, p)
         return optax.apply_updates(p, updates), state, loss
 

@@ -300,13 +300,19 @@ def _occupancy(valid):
 # --------------------------------------------------------------------------
 # Section 6: solve
 # --------------------------------------------------------------------------
-def _solve(design, values, weights, valid, active, penalty_rows, lam_total):
-    """Weighted, penalised, ridge-guarded least squares over the active coefficients."""
+def _solve(design, values, weights, valid, active, penalty_rows, lam_total, constant):
+    """Weighted, penalised, ridge-guarded least squares over the active coefficients.
+
+    Section 6: the weighted mean of the valid cells is taken out first and added
+    back as the constant function (``constant``: its coefficient vector).
+    """
     n_coef = design.shape[1]
     cells = np.flatnonzero(valid.ravel())
-    sw = np.sqrt(weights.ravel()[cells])
+    w_cells = weights.ravel()[cells]
+    offset = float(np.sum(w_cells * values.ravel()[cells]) / np.sum(w_cells))
+    sw = np.sqrt(w_cells)
     a_data = sw[:, None] * design[cells][:, active]
-    b_data = sw * values.ravel()[cells]
+    b_data = sw * (values.ravel()[cells] - offset)
     blocks = [a_data]
     rhs = [b_data]
     if lam_total > 0 and penalty_rows.shape[0] > 0:
@@ -321,7 +327,7 @@ def _solve(design, values, weights, valid, active, penalty_rows, lam_total):
     sol, *_ = np.linalg.lstsq(a, b, rcond=None)
     coef = np.zeros(n_coef, dtype=np.float64)
     coef[active] = sol
-    return coef
+    return coef + offset * np.asarray(constant, dtype=np.float64)
 
 
 def _design(y_basis_cells, x_basis_cells):
@@ -552,6 +558,7 @@ def oracle_match(
         active2d.ravel(),
         penalty,
         lam_total,
+        constant=(np.eye(ky * kx)[0] if use_polynomial else np.ones(ky * kx)),
     )
     coefficients = coef.reshape(ky, kx)
 
