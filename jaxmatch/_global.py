@@ -39,7 +39,12 @@ Uncertainties. The coefficient covariance is the constrained inverse of the
 normal matrix (top-left block of the inverse KKT matrix) divided by the weight
 normaliser — i.e. in data units when the bin errors are trusted (weights from
 the bins' own scatter); without `approxWeighting` (unit weights) it is scaled by
-the reduced χ² of the fit.
+the reduced χ² of the fit. The NUISANCE weights reproduce the per-bin likelihood
+only when every pair of exposures that share a bin is used (the default); with
+``globalMaxPartners`` some pairs are dropped, the weights and the degrees of
+freedom no longer match it, and ``chi2_reduced`` falls roughly with the fraction
+of pairs kept (0.97 → 0.25 from all pairs to 476 of 2016 in the N = 64
+benchmark): the models stay right, their covariances are then approximate.
 """
 
 from __future__ import annotations

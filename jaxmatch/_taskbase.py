@@ -77,8 +77,9 @@ class ConfigurableField:
     Hashed and compared by identity, so it can be the default of a frozen dataclass field.
     """
 
-    def __init__(self, doc: str, target: type[Task], ConfigClass: type | None = None,
-                 value: Any = None):
+    def __init__(
+        self, doc: str, target: type[Task], ConfigClass: type | None = None, value: Any = None
+    ):
         self.doc = doc
         self.target = target
         self.ConfigClass = _config_class(target, ConfigClass)
@@ -117,8 +118,7 @@ class TaskState:
     None), `metadata` (item → value), `subtasks` (name → task, insertion ordered), `log`.
     """
 
-    def __init__(self, name: str, full_name: str, parent: weakref.ref | None,
-                 log: logging.Logger):
+    def __init__(self, name: str, full_name: str, parent: weakref.ref | None, log: logging.Logger):
         self.name = name
         self.full_name = full_name
         self.parent = parent
@@ -151,8 +151,14 @@ class Task(eqx.Module):
     _DefaultName: ClassVar[str]
     ConfigClass: ClassVar[type]
 
-    def __init__(self, config: Any = None, *, name: str | None = None,
-                 parentTask: Task | None = None, log: logging.Logger | None = None):
+    def __init__(
+        self,
+        config: Any = None,
+        *,
+        name: str | None = None,
+        parentTask: Task | None = None,
+        log: logging.Logger | None = None,
+    ):
         cls = type(self)
         if config is None:
             if getattr(cls, "ConfigClass", None) is None:
@@ -161,8 +167,9 @@ class Task(eqx.Module):
         try:
             hash(config)
         except TypeError as err:
-            raise TypeError(f"{cls.__name__}: config must be hashable (a static field); "
-                            "use a frozen dataclass") from err
+            raise TypeError(
+                f"{cls.__name__}: config must be hashable (a static field); use a frozen dataclass"
+            ) from err
         name = name if name is not None else getattr(cls, "_DefaultName", None)
         if name is None:
             raise ValueError(f"{cls.__name__}: pass name= or set the _DefaultName attribute")
@@ -220,8 +227,11 @@ class Task(eqx.Module):
 
     def getFullMetadata(self) -> dict[str, Any]:
         """Return all tasks' metadata, flat, keyed "top:sub.item" (LSST's naming)."""
-        return {f"{task.getFullName().replace('.', ':')}.{item}": value
-                for task in self._hierarchy() for item, value in task.metadata.items()}
+        return {
+            f"{task.getFullName().replace('.', ':')}.{item}": value
+            for task in self._hierarchy()
+            for item, value in task.metadata.items()
+        }
 
     def emptyMetadata(self) -> None:
         """Clear the metadata of every task in the hierarchy."""
@@ -258,8 +268,10 @@ class Task(eqx.Module):
         if field is _MISSING:
             raise ValueError(f"makeSubtask: config of {self.getFullName()!r} has no field {name!r}")
         if not isinstance(field, ConfigurableField):
-            raise TypeError(f"makeSubtask: config field {name!r} is {type(field).__name__}, "
-                            "not a ConfigurableField")
+            raise TypeError(
+                f"makeSubtask: config field {name!r} is {type(field).__name__}, "
+                "not a ConfigurableField"
+            )
         if name in self._state.subtasks or hasattr(type(self), name) or name in self.__dict__:
             raise ValueError(f"makeSubtask: {name!r} is already an attribute or subtask")
         subtask = field.target(config=field.value, name=name, parentTask=self, **keyArgs)
@@ -285,5 +297,6 @@ class Task(eqx.Module):
             md[name + "Duration"] = time.perf_counter() - start
             md[name + "EndUtc"] = datetime.datetime.now(datetime.UTC).isoformat()
             md[name + "EndCpuTime"] = time.process_time()
-            self.log.log(logLevel, "%s: %s took %.6f s", self.getFullName(), name,
-                         md[name + "Duration"])
+            self.log.log(
+                logLevel, "%s: %s took %.6f s", self.getFullName(), name, md[name + "Duration"]
+            )
