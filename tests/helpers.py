@@ -1,5 +1,6 @@
 """Shared test data: small exposure pairs with masks, NaNs and a smooth difference."""
 
+import equinox as eqx
 import numpy as np
 
 import jaxmatch as jm
@@ -84,3 +85,31 @@ def oracle_kwargs(config):
         knot_spacing=config.splineKnotSpacing,
         clip_sharpness=config.clipSharpness,
     )
+
+
+_model_image = eqx.filter_jit(lambda model: model.getImage())
+
+
+def assert_status_contract(result, sci_images, *, allow_infinite_diagnostics=False):
+    """Success ⇒ finite coefficients, model and diagnostics; failure ⇒ NaN, science kept.
+
+    With ``allow_infinite_diagnostics`` a successful fit may report an infinite
+    ``fitRMS`` / ``matchedMSE`` (overflow on absurd pixel values), never NaN.
+    Returns ``(status, coefficients, model images)``.
+    """
+    status = np.asarray(result.status)
+    coef = np.asarray(result.model.coefficients)
+    model = np.asarray(_model_image(result.model))
+    for k, s in enumerate(status):
+        if s == 0:
+            assert np.all(np.isfinite(coef[k])) and np.all(np.isfinite(model[k]))
+            for value in (result.fitRMS[k], result.matchedMSE[k]):
+                assert not np.isnan(value)
+                assert allow_infinite_diagnostics or np.isfinite(value)
+        else:
+            assert int(s) in jm.STATUS_MESSAGES
+            assert np.all(np.isnan(coef[k]))
+            for name in ("fitRMS", "matchedMSE", "diffImVar"):
+                assert np.isnan(getattr(result, name)[k])
+            np.testing.assert_array_equal(result.matched[k], sci_images[k])
+    return status, coef, model

@@ -28,12 +28,11 @@ Runs are derandomized (the same examples every run, so CI cannot flake); set
 import dataclasses
 import os
 
-import equinox as eqx
 import jax
 import numpy as np
 import oracle
 import pytest
-from helpers import oracle_kwargs
+from helpers import assert_status_contract, oracle_kwargs, smooth_field
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 from oracle import oracle_match
 
@@ -59,26 +58,9 @@ def _settings(max_examples):
     )
 
 
-_model_image = eqx.filter_jit(lambda model: model.getImage())
 
 
 # ------------------------------------------------------------------------ data
-def _smooth(shape, rng, amplitude):
-    """A tilted plane plus low-order structure [ADU] (as tests/helpers.smooth_field)."""
-    h, w = shape
-    y, x = np.mgrid[:h, :w]
-    u, v = 2 * (x + 0.5) / w - 1, 2 * (y + 0.5) / h - 1
-    c = rng.normal(size=6)
-    return amplitude * (
-        c[0]
-        + c[1] * u
-        + c[2] * v
-        + 0.5 * c[3] * u * v
-        + 0.3 * c[4] * (2 * u**2 - 1)
-        + 0.3 * c[5] * np.sin(2.0 * v)
-    )
-
-
 @dataclasses.dataclass(frozen=True)
 class Masks:
     """The mask knobs hypothesis draws; the positions come from the data seed."""
@@ -114,7 +96,7 @@ def draw_batch(seed, shape, n_sci, m: Masks, *, sky=100.0, sigma=1.0, amplitude=
         ref_img[sel] = 1e5
     images, mask_list = [], []
     for _ in range(n_sci):
-        img = sky - _smooth(shape, rng, amplitude) + rng.normal(0, sigma, shape)
+        img = sky - smooth_field(shape, rng, amplitude) + rng.normal(0, sigma, shape)
         mask = np.where(rng.random(shape) < 0.05, SUSPECT, 0).astype(np.int32)
         if m.bad_frac:
             sel = rng.random(shape) < m.bad_frac
@@ -141,22 +123,6 @@ def draw_batch(seed, shape, n_sci, m: Masks, *, sky=100.0, sigma=1.0, amplitude=
     return ref, sci
 
 
-def assert_status_contract(result, sci_images):
-    """Success ⇒ finite coefficients and model; failure ⇒ NaN and science unchanged."""
-    status = np.asarray(result.status)
-    coef = np.asarray(result.model.coefficients)
-    model = np.asarray(_model_image(result.model))
-    for k, s in enumerate(status):
-        if s == 0:
-            assert np.all(np.isfinite(coef[k])) and np.all(np.isfinite(model[k]))
-            assert np.isfinite(result.fitRMS[k]) and np.isfinite(result.matchedMSE[k])
-        else:
-            assert s in jm.STATUS_MESSAGES
-            assert np.all(np.isnan(coef[k]))
-            for name in ("fitRMS", "matchedMSE", "diffImVar"):
-                assert np.isnan(getattr(result, name)[k])
-            np.testing.assert_array_equal(result.matched[k], sci_images[k])
-    return status, coef, model
 
 
 def _cfg(**fields):
