@@ -339,8 +339,14 @@ def match_numpy(
             a = np.concatenate(
                 [sw.ravel()[:, None] * design * act, sqrt_mu * p["penalty"] * act, ridge]
             )
-            b = np.concatenate([sw.ravel() * z.ravel(), np.zeros(a.shape[0] - design.shape[0])])
-            c = np.linalg.lstsq(a, b, rcond=None)[0] * act
+            # docs/algorithm.md §6: fit the deviation from the weighted bin mean and
+            # add the mean back as the constant function.
+            offset = float(np.sum(sw * sw * z) / np.sum(sw * sw))
+            b = np.concatenate(
+                [sw.ravel() * (z.ravel() - offset), np.zeros(a.shape[0] - design.shape[0])]
+            )
+            constant = np.eye(ky * kx)[0] if p["kind"] == "CHEBYSHEV" else np.ones(ky * kx)
+            c = np.linalg.lstsq(a, b, rcond=None)[0] * act + offset * constant
             if not np.all(np.isfinite(c)):
                 status[i] = NONFINITE
                 continue
