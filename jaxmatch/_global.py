@@ -57,7 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from ._binning import cell_centres, grid_statistics
+from ._binning import grid_statistics
 from ._config import MatchBackgroundsConfig
 from ._diagnostics import diff_im_var, matched_mse
 from ._exposure import Exposure
@@ -70,6 +70,8 @@ from ._match import (
     _hyperparameters,
     _working_dtype,
     check_result,
+    design_matrix,
+    penalty_rows,
     plan_fit,
     prepare_fit,
 )
@@ -241,7 +243,7 @@ def _match_global(exposures, hyper, bits, config, structure, with_covariance):
     data = pair_data(exposures, pairs, hyper, bits, config, plan)
     z, valid, pair_var = data["z"], data["valid"], data["pair_var"]
     w = _pair_weights(config, pi, pj, n, data["e2"], data["w_pair"], valid)
-    design = _design(basis, plan, dtype)
+    design = design_matrix(plan, dtype)
     n_valid = jnp.sum(valid)
     sol = solve_pairs(w, z, valid, pairs, groups, gauge, hyper, config, plan, n, with_covariance)
     coef, cov, act, under = sol["coef"], sol["cov"], sol["act"], sol["under"]
@@ -345,7 +347,7 @@ def solve_pairs(w, z, valid, pairs, groups, gauge, hyper, config, plan, n, with_
     pi, pj = jnp.asarray(pairs[:, 0]), jnp.asarray(pairs[:, 1])
     basis = plan.basis
     k = int(np.prod(basis.coefficient_shape))
-    design = _design(basis, plan, dtype)
+    design = design_matrix(plan, dtype)
     n_valid = jnp.sum(valid)
     w_bar = jnp.sum(w) / jnp.maximum(n_valid, 1).astype(dtype)
     # Per-pair blocks G = BᵀWB and h = BᵀWz, normalised so λ keeps the core's scale.
@@ -431,31 +433,15 @@ def _pair_weights(config, pi, pj, n, e2, w_pair, valid):
     return jnp.where(valid, w_exp[pi] * w_exp[pj] / jnp.where(total > 0, total, 1.0), 0.0)
 
 
-def _design(basis, plan, dtype):
-    cy = jnp.asarray(cell_centres(*plan.fit_y), dtype=dtype)
-    cx = jnp.asarray(cell_centres(*plan.fit_x), dtype=dtype)
-    by, bx = basis.matrix_y(cy), basis.matrix_x(cx)
-    ky, kx = basis.coefficient_shape
-    return jnp.einsum("ap,bq->abpq", by, bx).reshape(-1, ky * kx)
-
-
 def _penalty_and_terms(config, plan, valid_union, dtype):
     """Penalty rows, λ_floor, active terms ``(N, K)`` and undersampled flags ``(N,)``."""
-    from ._match import CHEBYSHEV_ROUGHNESS_FLOOR, SPLINE_ROUGHNESS_FLOOR
-    from ._spline import DEGREE, difference_matrix
-
-    basis = plan.basis
-    ky, kx = basis.coefficient_shape
-    if basis.kind == "CHEBYSHEV":
-        pq = np.add.outer(np.arange(ky), np.arange(kx)).reshape(-1)
-        rows = jnp.asarray(np.diag(pq.astype(float)), dtype)
-        active, under, *_ = jax.vmap(lambda v: _active_terms(config, v))(valid_union)
-        return rows, CHEBYSHEV_ROUGHNESS_FLOOR, active.reshape(len(valid_union), -1), under
-    degree = DEGREE[basis.style]
-    dy, dx = difference_matrix(ky, degree), difference_matrix(kx, degree)
-    rows = jnp.asarray(np.concatenate([np.kron(dy, np.eye(kx)), np.kron(np.eye(ky), dx)]), dtype)
+    rows, floor = penalty_rows(plan.basis, dtype)
     n = len(valid_union)
-    return rows, SPLINE_ROUGHNESS_FLOOR, jnp.ones((n, ky * kx), bool), jnp.zeros(n, bool)
+    if plan.basis.kind == "CHEBYSHEV":
+        active, under, *_ = jax.vmap(lambda v: _active_terms(config, v))(valid_union)
+        return rows, floor, active.reshape(n, -1), under
+    k = int(np.prod(plan.basis.coefficient_shape))
+    return rows, floor, jnp.ones((n, k), bool), jnp.zeros(n, bool)
 
 
 def _constraints(groups, gauge, mode, n, k) -> np.ndarray:

@@ -217,30 +217,19 @@ def prepare_fit(ref, sci, hyper, bits_ref, bits_sci, config, plan) -> dict:
     sqrt_w = sqrt_w / jnp.sqrt(jnp.where(n_valid > 0, mean_w, 1.0))
     z = jnp.where(valid, value, 0.0)
 
-    # Design matrix B[(a, b), (p, q)] = Y_p(c_a) X_q(c_b), and the penalty (§5, §6).
+    # Design matrix and penalty (§5, §6).
     basis = plan.basis
-    cy = jnp.asarray(cell_centres(*plan.fit_y), dtype=dtype)
-    cx = jnp.asarray(cell_centres(*plan.fit_x), dtype=dtype)
-    by, bx = basis.matrix_y(cy), basis.matrix_x(cx)
     ky, kx = basis.coefficient_shape
-    design = jnp.einsum("ap,bq->abpq", by, bx).reshape(-1, ky * kx)
+    design = design_matrix(plan, dtype)
+    penalty, floor = penalty_rows(basis, dtype)
+    sqrt_mu = jnp.sqrt(roughness + floor).astype(dtype)
     if basis.kind == "CHEBYSHEV":
         active, under, eff_y, eff_x, m_min = _active_terms(config, valid)
-        # Order-weighted ridge: λ Σ (p + q)² C[p, q]²; the constant is free.
-        pq = np.add.outer(np.arange(ky), np.arange(kx)).reshape(-1)
-        penalty = jnp.asarray(np.diag(pq.astype(float)), dtype=dtype)
-        sqrt_mu = jnp.sqrt(roughness + CHEBYSHEV_ROUGHNESS_FLOOR).astype(dtype)
         orders = jnp.stack([eff_y, eff_x]).astype(jnp.int32)
     else:
         m_min = jnp.minimum(jnp.sum(jnp.any(valid, 0)), jnp.sum(jnp.any(valid, 1)))
         active = jnp.ones((ky, kx), dtype=bool)
         under = jnp.zeros((), dtype=bool)
-        degree = DEGREE[basis.style]
-        dy, dx = difference_matrix(ky, degree), difference_matrix(kx, degree)
-        penalty = jnp.asarray(
-            np.concatenate([np.kron(dy, np.eye(kx)), np.kron(np.eye(ky), dx)]), dtype=dtype
-        )
-        sqrt_mu = jnp.sqrt(roughness + SPLINE_ROUGHNESS_FLOOR).astype(dtype)
         orders = jnp.full((2,), -1, dtype=jnp.int32)
     sqrt_eps = jnp.sqrt(RIDGE_PER_CELL * jnp.maximum(n_valid, 1).astype(dtype))
     return dict(
@@ -265,6 +254,31 @@ def prepare_fit(ref, sci, hyper, bits_ref, bits_sci, config, plan) -> dict:
         m_min=m_min,
         n_valid=n_valid,
     )
+
+
+def design_matrix(plan: _Plan, dtype) -> Array:
+    """``B[(a, b), (p, q)] = Y_p(c_a) X_q(c_b)`` at the fit-grid centres, ``(ny·nx, K)``."""
+    cy = jnp.asarray(cell_centres(*plan.fit_y), dtype=dtype)
+    cx = jnp.asarray(cell_centres(*plan.fit_x), dtype=dtype)
+    ky, kx = plan.basis.coefficient_shape
+    by, bx = plan.basis.matrix_y(cy), plan.basis.matrix_x(cx)
+    return jnp.einsum("ap,bq->abpq", by, bx).reshape(-1, ky * kx)
+
+
+def penalty_rows(basis: Basis, dtype) -> tuple[Array, float]:
+    """Roughness operator ``D`` ``(P, K)`` with ``P(c) = |D c|²``, and its λ_floor (§5, §6).
+
+    Chebyshev: the order-weighted ridge ``Σ (p + q)² C[p, q]²`` (the constant is
+    free); spline: second (degree 0: first) differences along each axis.
+    """
+    ky, kx = basis.coefficient_shape
+    if basis.kind == "CHEBYSHEV":
+        pq = np.add.outer(np.arange(ky), np.arange(kx)).reshape(-1)
+        return jnp.asarray(np.diag(pq.astype(float)), dtype=dtype), CHEBYSHEV_ROUGHNESS_FLOOR
+    degree = DEGREE[basis.style]
+    dy, dx = difference_matrix(ky, degree), difference_matrix(kx, degree)
+    rows = np.concatenate([np.kron(dy, np.eye(kx)), np.kron(np.eye(ky), dx)])
+    return jnp.asarray(rows, dtype=dtype), SPLINE_ROUGHNESS_FLOOR
 
 
 def _constant_coefficients(basis: Basis, dtype):

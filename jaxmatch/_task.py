@@ -376,11 +376,10 @@ def _describe(ref: Any) -> str:
 
 def _incompatible(ref: Exposure, sci: Exposure) -> str | None:
     if ref.image.shape != sci.image.shape:
-        raise_msg = (
+        return (
             f"Exposures are different dimensions. sci:{tuple(sci.image.shape)} "
             f"ref:{tuple(ref.image.shape)}"
         )
-        return raise_msg
     return None
 
 

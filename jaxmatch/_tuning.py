@@ -43,7 +43,15 @@ from jaxtyping import Array, Float
 from ._binning import cell_centres
 from ._config import MatchBackgroundsConfig
 from ._exposure import Exposure, stack_exposures
-from ._match import SUCCESS, _hyperparameters, match, plan_fit, prepare_fit, solve_prepared
+from ._match import (
+    SUCCESS,
+    _hyperparameters,
+    design_matrix,
+    match,
+    plan_fit,
+    prepare_fit,
+    solve_prepared,
+)
 from ._reference import reference_costs, reference_statistics, soft_reference, softmin_weights
 
 PARAMETERS = ("roughness", "numSigmaClip", "clipSharpness", "refWeights", "softminTemperature")
@@ -222,7 +230,7 @@ def heldout_loss(
 
 def _heldout_global(params, batch, config, reference, folds, seed, structure):
     """The held-out loss of global matching (see `heldout_loss`)."""
-    from ._global import _design, _pair_weights, global_structure, pair_data, solve_pairs
+    from ._global import _pair_weights, global_structure, pair_data, solve_pairs
 
     reference = 0 if reference is None else reference
     if structure is None:
@@ -241,7 +249,7 @@ def _heldout_global(params, batch, config, reference, folds, seed, structure):
     data = pair_data(batch, pairs, hyper, bits, config, plan)
     z, valid = data["z"], data["valid"]
     w = _pair_weights(config, pi, pj, n, data["e2"], data["w_pair"], valid)
-    design = _design(plan.basis, plan, dtype)
+    design = design_matrix(plan, dtype)
     labels = fold_labels((len(plan.fit_y[0]), len(plan.fit_x[0])), folds, seed).reshape(-1)
     held = jnp.asarray(labels[None] == np.arange(int(labels.max()) + 1)[:, None])
 
