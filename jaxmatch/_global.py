@@ -59,7 +59,7 @@ from jaxtyping import Array, Float, Int
 
 from ._binning import grid_statistics
 from ._config import MatchBackgroundsConfig
-from ._diagnostics import diff_im_var, matched_mse
+from ._diagnostics import matched_mse
 from ._exposure import Exposure
 from ._match import (
     NO_OVERLAP,
@@ -325,8 +325,8 @@ def pair_data(exposures, pairs, hyper, bits, config, plan) -> dict:
 
     def pair_bins(ij):
         xi, xj = exposures[ij[0]], exposures[ij[1]]
-        fit = prepare_fit(xi, xj, hyper, bits, bits, config, plan)
-        var = diff_im_var(fit["diff_var"], fit["usable"], hyper["num_sigma_clip"], config.numIter)
+        fit = prepare_fit(xi, xj, hyper, bits, bits, config, plan, with_diff_im_var=True)
+        var = fit["diff_im_var"]
         e2 = jnp.where(fit["valid"], fit["err"] ** 2, 0.0).reshape(-1)
         return fit["z"].reshape(-1), e2, fit["w_raw"].reshape(-1), fit["valid"].reshape(-1), var
 

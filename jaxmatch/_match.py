@@ -23,10 +23,16 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from ._binning import bin_edges, cell_centres, cell_edges, grid_statistics
+from ._binning import (
+    bin_edges,
+    cell_centres,
+    cell_edges,
+    grid_and_pooled_statistics,
+    grid_statistics,
+)
 from ._chebyshev import term_mask
 from ._config import MatchBackgroundsConfig
-from ._diagnostics import diff_im_var, fit_rms, matched_mse
+from ._diagnostics import fit_rms, matched_mse
 from ._exposure import Exposure
 from ._model import BackgroundModel, Basis
 from ._solve import solve_least_squares
@@ -185,13 +191,17 @@ def _active_terms(config, valid):
     return active, under & (not reduce), eff_y, eff_x, m
 
 
-def prepare_fit(ref, sci, hyper, bits_ref, bits_sci, config, plan) -> dict:
+def prepare_fit(
+    ref, sci, hyper, bits_ref, bits_sci, config, plan, *, with_diff_im_var: bool = False
+) -> dict:
     """Everything of one exposure's fit up to the solve (docs/algorithm.md §1-6).
 
     Returns a dict: ``diff``, ``diff_var``, ``usable`` (H, W); the bin grid
     ``value``, ``err``, ``valid``, ``sqrt_w`` (normalised √w̃) and ``z`` (ny, nx);
     the least-squares pieces ``design`` (ny·nx, K), ``penalty``, ``sqrt_mu``,
     ``active`` (K,), ``sqrt_eps``; and ``under``, ``orders``, ``m_min``, ``n_valid``.
+    With ``with_diff_im_var``, also ``diff_im_var`` (§8), computed in the same data
+    passes as the grid statistic.
     ``hyper`` holds the continuous hyperparameters as arrays: ``roughness``,
     ``num_sigma_clip`` and ``clip_sharpness`` (None for the hard clip).
     """
@@ -203,7 +213,13 @@ def prepare_fit(ref, sci, hyper, bits_ref, bits_sci, config, plan) -> dict:
     stat = (config.gridStatistic, nsig, config.numIter, hyper["clip_sharpness"])
 
     # Bin grid: value, error e = max(s, eps)/sqrt(m), weight (§3, §4).
-    value, s, m, n = grid_statistics(diff, usable, plan.fit_y, plan.fit_x, *stat)
+    if with_diff_im_var:
+        (value, s, m, n), (var_value, _, _, _) = grid_and_pooled_statistics(
+            diff, usable, diff_var, usable & jnp.isfinite(diff_var), plan.fit_y, plan.fit_x, *stat
+        )
+    else:
+        value, s, m, n = grid_statistics(diff, usable, plan.fit_y, plan.fit_x, *stat)
+        var_value = None
     valid = n >= 2
     eps = config.gridStdevEpsilon
     m_safe = jnp.where(valid, m, 1).astype(dtype)
@@ -235,6 +251,7 @@ def prepare_fit(ref, sci, hyper, bits_ref, bits_sci, config, plan) -> dict:
     return dict(
         diff=diff,
         diff_var=diff_var,
+        diff_im_var=var_value,
         usable=usable,
         stat=stat,
         value=value,
@@ -321,15 +338,14 @@ def solve_prepared(fit: dict, sqrt_w=None, *, with_covariance: bool = False):
 def _match_one(ref, sci, hyper, bits_ref, bits_sci, config, plan):
     """Match one science exposure (single ``Exposure``) to the reference."""
     dtype = sci.image.dtype
-    fit = prepare_fit(ref, sci, hyper, bits_ref, bits_sci, config, plan)
+    fit = prepare_fit(ref, sci, hyper, bits_ref, bits_sci, config, plan, with_diff_im_var=True)
     basis = plan.basis
     ky, kx = basis.coefficient_shape
     coef, cov = solve_prepared(fit, with_covariance=True)
     coef = coef.reshape(ky, kx)
-    diff, diff_var, usable, stat = fit["diff"], fit["diff_var"], fit["usable"], fit["stat"]
+    diff, usable, stat = fit["diff"], fit["usable"], fit["stat"]
     value, err, valid, sqrt_w = fit["value"], fit["err"], fit["valid"], fit["sqrt_w"]
     n_valid, under, orders, m_min = fit["n_valid"], fit["under"], fit["orders"], fit["m_min"]
-    nsig = hyper["num_sigma_clip"]
     # Coefficient covariance in data units: the fit used w̃ = w / mean(w).
     mean_w = jnp.sum(fit["w_raw"]) / jnp.maximum(n_valid, 1).astype(dtype)
     resid = jnp.where(valid, fit["z"] - (fit["design"] @ coef.reshape(-1)).reshape(valid.shape), 0)
@@ -355,7 +371,7 @@ def _match_one(ref, sci, hyper, bits_ref, bits_sci, config, plan):
     nan = jnp.asarray(jnp.nan, dtype=dtype)
     rms = jnp.where(ok, fit_rms(z_diag, valid_diag, model, plan.diag_y, plan.diag_x), nan)
     mse = jnp.where(ok, matched_mse(diff, model, usable), nan)
-    var = jnp.where(ok, diff_im_var(diff_var, usable, nsig, config.numIter), nan)
+    var = jnp.where(ok, fit["diff_im_var"], nan)
     grid_err = jnp.where(valid, err, jnp.nan)
     grid_val = jnp.where(valid, value, jnp.nan)
     return dict(

@@ -16,6 +16,10 @@ chosen by the LSST cost unless ``--ref`` names one) and writes, for each input
   with the config it was fitted with (not for the reference, whose model is 0).
 
 and prints the diagnostics table (``--table`` also writes it as CSV or JSON).
+Before reading anything it creates ``--out`` and checks that files can be written
+there, and removes the hidden temporary files ``.NAME.<random>.tmp`` that a run
+killed mid-write left for these outputs (so two runs must not write the same
+outputs at the same time). Every file is written whole or not at all.
 ``--skip-existing`` leaves the exposures whose outputs all exist untouched, so a
 rerun after an interrupted run finishes the rest (every exposure is still read
 and fitted, so the reference and the table are those of a full run). A progress
@@ -31,8 +35,10 @@ Configuration: ``--config FILE`` (TOML of `MatchBackgroundsConfig` fields) and
 for ``badMaskPlanes``).
 
 Exit status: 0 success; 1 a problem with the data (a missing, unreadable or
-mismatched file, a failed fit); 2 a bad command line or config; 130 interrupted.
-Errors are one line on stderr, ``jaxmatch: error: ...``.
+mismatched file, a failed fit) or with writing (an output folder that cannot be
+created or written, a full disk: the outputs written before stay complete); 2 a bad
+command line or config; 130 interrupted. Errors are one line on stderr,
+``jaxmatch: error: ...``, naming the file.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import io as _io
 import json
 import logging
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -81,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _error(err: BaseException) -> None:
-    message = " ".join(str(err).split()) or type(err).__name__  # always one line
+    message = str(err)
+    if isinstance(err, OSError) and err.strerror:  # without the "[Errno N]" prefix
+        message = err.strerror if err.filename is None else f"{err.filename}: {err.strerror}"
+    message = " ".join(message.split()) or type(err).__name__  # always one line
     print(f"jaxmatch: error: {message}", file=sys.stderr)
 
 
@@ -332,6 +342,8 @@ def _match(args, config) -> int:
     for f in files:  # every missing file is found before the slow part starts
         if not f.exists():
             raise FileNotFoundError(f"no such file: {f}")
+    targets = [p for pair in outputs for p in pair] + ([args.table] if args.table else [])
+    _prepare_out(args.out, targets)
     show = sys.stderr.isatty() if args.progress is None else args.progress
 
     read = []
@@ -356,7 +368,6 @@ def _match(args, config) -> int:
     infos = result.backgroundInfoList
     refIndex = next(i for i, s in enumerate(infos) if s.isReference)
 
-    args.out.mkdir(parents=True, exist_ok=True)
     rows, written, kept = [], 0, 0
     for i in _progress(range(len(files)), desc="writing", show=show, unit="file"):
         f, info, (image_out, model_out) = files[i], infos[i], outputs[i]
@@ -391,6 +402,25 @@ def _match(args, config) -> int:
     if args.table:
         _write_table(rows, args.table)
     return 1 if any(r["fitRMS"] is None and r["reference"] == "no" for r in rows) else 0
+
+
+def _prepare_out(out: Path, targets: list[Path]) -> None:
+    """Create ``out``, check that files can be written there, remove stale temporary files.
+
+    Called before reading and fitting, so an output folder that cannot be written
+    fails at once. The stale files are those `atomic_write` left for ``targets``
+    when a run was killed mid-write (`remove_stale_temps`).
+    """
+    from .io import remove_stale_temps
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write into --out {out}: {err.strerror}") from err
+    for stale in remove_stale_temps(targets):
+        print(f"jaxmatch: removed {stale}, left by an interrupted run", file=sys.stderr)
 
 
 def _outputs(out: Path, path: Path) -> tuple[Path, Path]:

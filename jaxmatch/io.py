@@ -37,12 +37,17 @@ coefficients and every `Basis` field, plus the config as a dict if given) as a
 small FITS file; `applyModel` adds a model to an exposure. See
 ``jaxmatch/_persist.py``.
 
-Writing never leaves a half-written file: the data go to a temporary file in the
-same directory, which is then renamed over the target (`atomic_write`).
+Writing never leaves a half-written file: the data go to a hidden temporary file
+``.NAME.<random>.tmp`` in the same directory, which is then renamed over the target
+(`atomic_write`). When writing fails (a folder that is missing or not writable, a
+full disk) the target keeps its old content, the temporary file is removed and the
+`OSError` names the target. Only a process killed mid-write leaves its temporary
+file behind; `remove_stale_temps` removes such files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -66,6 +71,7 @@ __all__ = [
     "readExposureWithMetadata",
     "readModel",
     "readModelConfig",
+    "remove_stale_temps",
     "writeExposure",
     "writeModel",
 ]
@@ -265,23 +271,72 @@ def fromNDData(
     return Exposure(image, mask, variance, mask_planes=planes)
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(file_object)`` on a temporary file, then rename it to ``path``."""
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call ``write(file_object)`` on a temporary file, then rename it to ``path``.
+
+    The temporary file is ``.NAME.<random>.tmp`` in the folder of ``path``. On any
+    failure it is removed and ``path`` keeps its old content (or stays absent); an
+    `OSError` (folder missing or not writable, disk full, ...) is raised again as one
+    of the same kind (same ``errno``) whose message names ``path``.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise _naming(err, path) from err
     try:
         with os.fdopen(fd, "wb") as f:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise _naming(err, path) from err
         raise
+
+
+# The temporary files of `atomic_write`: "." + the target's name + "." + tempfile's
+# 8 random letters, digits and underscores + ".tmp".
+_TEMP_NAME = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temps(paths) -> list[Path]:
+    """Remove the temporary files that `atomic_write` left for ``paths`` when killed.
+
+    A process killed mid-write (SIGKILL, power loss) leaves ``.NAME.<random>.tmp``
+    next to the target ``NAME``. Only such files, for the names in ``paths``, are
+    removed; a file being written right now by another process is one of them, so do
+    not call this while another process may write the same targets. Returns the
+    removed files.
+    """
+    targets: dict[Path, set[str]] = {}
+    for path in map(Path, paths):
+        targets.setdefault(path.parent, set()).add(path.name)
+    removed = []
+    for folder, names in targets.items():
+        if not folder.is_dir():
+            continue
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                match = _TEMP_NAME.fullmatch(entry.name)
+                if match and match["target"] in names and entry.is_file(follow_symlinks=False):
+                    removed.append(Path(entry.path))
+    for stale in removed:
+        stale.unlink()
+    return sorted(removed)
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """``err`` as an OSError of the same kind (same ``errno``) whose message names ``path``."""
+    if err.errno is None:
+        return OSError(f"cannot write {path}: {err}")
+    return OSError(err.errno, f"cannot write {path}: {err.strerror or os.strerror(err.errno)}")
 
 
 # -- helpers ------------------------------------------------------------------------------

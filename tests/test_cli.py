@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
+from io_faults import fill_disk, refuse_writes_in
 
+import jaxmatch.io
 from jaxmatch import Exposure, MatchBackgroundsConfig, simulate_patch
 from jaxmatch.cli import _outputs, _parser, main
 from jaxmatch.io import (
@@ -222,6 +224,100 @@ def test_out_must_not_overwrite_inputs(data, capsys, monkeypatch, quiet_logging)
     monkeypatch.chdir(data)
     assert main(["match", "e0.fits", "e1.fits", "--out", "."]) == 2
     assert "would overwrite an input" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["under a regular file", "writes refused"])
+def test_out_that_cannot_be_written_fails_before_reading(
+    data, tmp_path, capsys, monkeypatch, quiet_logging, case
+):
+    """An --out that cannot be created or written: one error line naming it, exit
+    status 1, no input read (no time lost fitting), nothing written."""
+    monkeypatch.chdir(data)
+    if case == "under a regular file":
+        top = tmp_path / "afile"
+        top.write_text("a file, not a folder")
+        out, reason = top / "out", "Not a directory"
+    else:
+        top = out = tmp_path / "out"
+        out.mkdir()
+        reason = "Permission denied"
+        refuse_writes_in(monkeypatch, out)
+
+    def must_not_read(*args, **kwargs):
+        raise AssertionError("an input was read before --out was checked")
+
+    monkeypatch.setattr(jaxmatch.io, "readExposureWithMetadata", must_not_read)
+    assert main(["match", *NAMES, "--out", str(out)]) == 1
+    assert capsys.readouterr().err == f"jaxmatch: error: cannot write into --out {out}: {reason}\n"
+    assert list(tmp_path.iterdir()) == [top]
+    if top.is_file():
+        assert top.read_text() == "a file, not a folder"
+    else:
+        assert list(top.iterdir()) == []
+
+
+def test_disk_full_midway_keeps_what_was_written(
+    data, tmp_path, capsys, monkeypatch, quiet_logging
+):
+    """ENOSPC while writing the third file: one error line naming it, exit status 1;
+    the two files written before are complete, the old third file is kept byte for
+    byte, nothing later is written and no temporary file is left."""
+    monkeypatch.chdir(data)
+    out = tmp_path / "out"
+    out.mkdir()
+    old = b"an old e1.fits, from an earlier run"
+    (out / "e1.fits").write_bytes(old)
+    # With --ref e0.fits the writes are e0.fits, e1.model.fits, e1.fits, e2.model.fits, ...
+    sizes = fill_disk(monkeypatch, call=3)
+    assert main(["match", *NAMES, "--out", str(out), "--ref", "e0.fits", *FAST]) == 1
+    err = capsys.readouterr().err
+    assert err == f"jaxmatch: error: cannot write {out / 'e1.fits'}: No space left on device\n"
+    assert sizes and sizes[0] > 0  # it failed midway through the file
+    assert sorted(os.listdir(out)) == ["e0.fits", "e1.fits", "e1.model.fits"]
+    assert (out / "e1.fits").read_bytes() == old
+    np.testing.assert_array_equal(  # the reference, complete and unchanged
+        np.asarray(readExposure(out / "e0.fits").image), np.asarray(readExposure("e0.fits").image)
+    )
+    assert readModel(out / "e1.model.fits").basis.shape == (64, 64)
+
+
+def test_rerun_after_a_kill_removes_stale_temps_and_finishes(
+    data, tmp_path, capsys, monkeypatch, quiet_logging
+):
+    """A run killed while writing e2.fits leaves its hidden temporary file; a rerun with
+    --skip-existing removes it (and only it), writes e2's outputs as a full run does
+    and leaves the complete outputs untouched."""
+    monkeypatch.chdir(data)
+    out = tmp_path / "out"
+    args = ["match", *NAMES, "--out", str(out), "--ref", "e0.fits", *FAST]
+    assert main(args) == 0
+    full = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    assert sorted(full) == ["e0.fits", "e1.fits", "e1.model.fits", "e2.fits", "e2.model.fits"]
+    # The state after a kill while e2.fits was written: e2.model.fits complete, e2.fits not.
+    stale = out / ".e2.fits.k3_x9abc.tmp"
+    stale.write_bytes(full["e2.fits"][:5000])
+    (out / "e2.fits").unlink()
+    unrelated = {out / "notes.tmp": b"mine", out / ".e3.fits.k3_x9abc.tmp": b"not an output"}
+    for path, content in unrelated.items():
+        path.write_bytes(content)
+    old_ns = 1_000_000_000_000_000_000
+    complete = ["e0.fits", "e1.fits", "e1.model.fits"]
+    for name in complete:
+        os.utime(out / name, ns=(old_ns, old_ns))
+    capsys.readouterr()
+
+    assert main([*args, "--skip-existing"]) == 0
+    err = capsys.readouterr().err
+    assert f"jaxmatch: removed {stale}, left by an interrupted run" in err
+    assert "1 exposure(s) written" in err and "2 kept" in err
+    assert not stale.exists()
+    assert all(path.read_bytes() == content for path, content in unrelated.items())
+    for name in complete:
+        assert (out / name).stat().st_mtime_ns == old_ns
+        assert (out / name).read_bytes() == full[name]
+    assert (out / "e2.fits").read_bytes() == full["e2.fits"]  # as the full run wrote it
+    assert readModel(out / "e2.model.fits").basis.shape == (64, 64)
+    assert sorted(os.listdir(out)) == sorted([*full, *(p.name for p in unrelated)])
 
 
 def test_colliding_output_names(data, tmp_path, capsys, quiet_logging):

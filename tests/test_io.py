@@ -1,6 +1,11 @@
 """Tests of FITS input/output: exposures (with header and WCS), NDData, model files."""
 
+import errno
 import os
+import re
+import signal
+import subprocess
+import sys
 import warnings
 
 import astropy.units as u
@@ -17,6 +22,7 @@ from astropy.nddata import (
     VarianceUncertainty,
 )
 from astropy.wcs import WCS
+from io_faults import fill_disk, refuse_writes_in
 
 from jaxmatch import (
     BackgroundModel,
@@ -35,6 +41,7 @@ from jaxmatch.io import (
     readExposureWithMetadata,
     readModel,
     readModelConfig,
+    remove_stale_temps,
     writeExposure,
     writeModel,
 )
@@ -286,6 +293,138 @@ def test_write_exposure_failure_keeps_existing_file(tmp_path, rng, monkeypatch):
     monkeypatch.undo()
     _assert_identical(readExposure(path), old)
     assert _leftovers(tmp_path, {"exp.fits"}) == []
+
+
+def _writer(kind, rng):
+    """``write(path)``: writeExposure or writeModel of new random data at each call."""
+    if kind == "exposure":
+        return lambda path: writeExposure(_exposure(rng, np.float32), path)
+    basis = Basis("CHEBYSHEV", (32, 32), order_y=2, order_x=2)
+    return lambda path: writeModel(
+        BackgroundModel(jnp.asarray(rng.normal(size=basis.coefficient_shape)), basis), path
+    )
+
+
+@pytest.mark.parametrize("kind", ["exposure", "model"])
+def test_writing_into_a_folder_that_cannot_be_written(tmp_path, rng, monkeypatch, kind):
+    """A missing folder, a regular file in place of the folder, a folder that refuses new
+    files: an OSError of the matching kind naming the target, and nothing written."""
+    write = _writer(kind, rng)
+    (tmp_path / "afile").write_bytes(b"not a folder")
+    refused = tmp_path / "refused"
+    refused.mkdir()
+    cases = [
+        (tmp_path / "missing" / "out.fits", FileNotFoundError),
+        (tmp_path / "afile" / "out.fits", NotADirectoryError),
+        (refused / "out.fits", PermissionError),
+    ]
+    refuse_writes_in(monkeypatch, refused)
+    for path, error in cases:
+        with pytest.raises(error, match=re.escape(f"cannot write {path}: ")):
+            write(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "refused"]
+    assert (tmp_path / "afile").read_bytes() == b"not a folder"
+    assert list(refused.iterdir()) == []
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "existing"])
+@pytest.mark.parametrize("at", ["write", "fsync"])
+@pytest.mark.parametrize("kind", ["exposure", "model"])
+def test_disk_full_midway_leaves_no_partial_file(tmp_path, rng, monkeypatch, kind, at, existing):
+    """ENOSPC after part (or all) of the data reached the temporary file: the target is
+    absent or byte-identical to its old content, no temporary file is left, and the
+    error (errno ENOSPC) names the target."""
+    write = _writer(kind, rng)
+    path = tmp_path / "out.fits"
+    if existing:
+        write(path)
+        old = path.read_bytes()
+    sizes = fill_disk(monkeypatch, at=at)
+    with pytest.raises(OSError, match=re.escape(f"cannot write {path}: ")) as raised:
+        write(path)
+    assert raised.value.errno == errno.ENOSPC
+    assert len(sizes) == 1 and sizes[0] > 0  # the failure came after bytes were written
+    if existing:
+        assert path.read_bytes() == old
+    else:
+        assert not path.exists()
+    assert _leftovers(tmp_path, {"out.fits"}) == []
+
+
+# Writes 300 kB into out.bin through atomic_write, says so on stdout, then waits to be killed.
+_KILLED_WRITER = """
+import signal, sys
+from jaxmatch.io import atomic_write
+
+def write(f):
+    f.write(b"new" * 100_000)
+    f.flush()
+    print("writing", flush=True)
+    signal.pause()
+
+atomic_write(sys.argv[1], write)
+"""
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "existing"])
+def test_kill_during_write_leaves_the_target_intact(tmp_path, existing):
+    """SIGKILL in the middle of `atomic_write`: the target is absent or keeps its old
+    bytes; the only leftover is the hidden ``.out.bin.<random>.tmp``, which
+    `remove_stale_temps` then removes."""
+    target = tmp_path / "out.bin"
+    if existing:
+        target.write_bytes(b"the old, complete content")
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(target)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout.readline() == "writing\n"  # it is inside write(): kill it there
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+        child.stdout.close()
+    assert child.returncode == -signal.SIGKILL
+    if existing:
+        assert target.read_bytes() == b"the old, complete content"
+    else:
+        assert not target.exists()
+    leftovers = [p for p in tmp_path.iterdir() if p != target]
+    assert len(leftovers) == 1
+    assert re.fullmatch(r"\.out\.bin\.[a-z0-9_]{8}\.tmp", leftovers[0].name)
+    assert leftovers[0].read_bytes() == b"new" * 100_000
+    assert remove_stale_temps([target]) == leftovers
+    assert list(tmp_path.iterdir()) == ([target] if existing else [])
+
+
+def test_remove_stale_temps_removes_only_those_of_the_given_targets(tmp_path):
+    """Only ``.NAME.<random>.tmp`` files of the given targets go; look-alikes stay."""
+    other = tmp_path / "other"
+    other.mkdir()
+    targets = [tmp_path / "e1.fits", tmp_path / "e1.model.fits", other / "e2.fits"]
+    stale = [tmp_path / ".e1.fits.k3_x9abc.tmp", tmp_path / ".e1.model.fits.a1b2c3d4.tmp"]
+    stale.append(other / ".e2.fits.zz_0099x.tmp")
+    look_alikes = [
+        "e1.fits",  # the target itself
+        ".e1.fits.tmp",  # no random part
+        ".e1.fits.fits.tmp",  # not 8 random characters
+        "e1.fits.abcdefgh.tmp",  # not hidden
+        ".e1.fits.ABCDEFGH.tmp",  # not tempfile's characters
+        ".e1.fits.abcdefgh.tmp.bak",
+        ".e10.fits.abcdefgh.tmp",  # another file's temporary file
+        ".e1.fits.v2.abcdefgh.tmp",  # that of e1.fits.v2
+        ".e2.fits.abcdefgh.tmp",  # e2.fits is a target in the other folder only
+        "notes.tmp",
+    ]
+    for path in stale + [tmp_path / name for name in look_alikes]:
+        path.write_bytes(b"x")
+    (tmp_path / ".e1.fits.adirect.tmp").mkdir()  # not a file
+    (tmp_path / ".e1.fits.alinkto.tmp").symlink_to(tmp_path / "notes.tmp")  # not a file
+    assert remove_stale_temps(targets + [tmp_path / "nofolder" / "e3.fits"]) == sorted(stale)
+    assert not any(p.exists() for p in stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        look_alikes + [".e1.fits.adirect.tmp", ".e1.fits.alinkto.tmp", "other"]
+    )
+    assert list(other.iterdir()) == []
 
 
 # -- primary header and WCS ----------------------------------------------------------------
