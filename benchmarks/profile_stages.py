@@ -30,7 +30,7 @@ from data import make_case  # noqa: E402
 import jaxmatch  # noqa: E402
 from jaxmatch import _match as jm  # noqa: E402
 from jaxmatch._binning import grid_statistics, split_cells  # noqa: E402
-from jaxmatch._diagnostics import diff_im_var, fit_rms, matched_mse  # noqa: E402
+from jaxmatch._diagnostics import centre_pixels, diff_im_var, fit_rms, matched_mse  # noqa: E402
 from jaxmatch._solve import solve_least_squares  # noqa: E402
 
 
@@ -124,6 +124,8 @@ def main(argv=None):
     def stage_eval(c):  # model image only (separable evaluation)
         return basis.evaluate(c, jnp.arange(side, dtype=dtype), jnp.arange(side, dtype=dtype))
 
+    edges = (plan.diag_y, plan.diag_x)
+
     def stage_eval_add(c, s):  # model image + matched = sci + model + matchedMSE + fitRMS
         model = stage_eval(c)
         diff, usable = prep(s)
@@ -133,9 +135,7 @@ def main(argv=None):
             fit_rms(
                 jnp.zeros((len(plan.diag_y[0]), len(plan.diag_x[0])), dtype),
                 jnp.ones((len(plan.diag_y[0]), len(plan.diag_x[0])), bool),
-                model,
-                plan.diag_y,
-                plan.diag_x,
+                basis.evaluate(c, *(jnp.asarray(centre_pixels(e), dtype) for e in edges)),
             ),
         )
 

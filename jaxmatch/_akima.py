@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ._separable import constant_if_known, outer_sum
+
 
 def akima_derivatives(t: np.ndarray, f: Float[Array, "k ..."]) -> Float[Array, "k ..."]:
     """Akima's derivative estimates ``d`` at the knots, along axis 0 of ``f`` (k ≥ 2)."""
@@ -74,8 +76,9 @@ def akima_grid(
     x: Float[Array, " nx"],
 ) -> Float[Array, "ny nx"]:
     """Separable Akima interpolation of knot values: along y, then along x (afw's order)."""
-    vy, dy = hermite_matrices(y, knots_y)
+    vy, dy = constant_if_known(hermite_matrices, y, knots_y)
     columns = vy @ coefficients + dy @ akima_derivatives(knots_y, coefficients)  # (ny, kx)
-    vx, dx = hermite_matrices(x, knots_x)
+    vx, dx = constant_if_known(hermite_matrices, x, knots_x)
     slopes = akima_derivatives(knots_x, columns.T).T  # (ny, kx)
-    return columns @ vx.T + slopes @ dx.T
+    left = jnp.concatenate([columns, slopes], axis=1)
+    return outer_sum(left, jnp.concatenate([vx, dx], axis=1))

@@ -18,29 +18,38 @@ from jaxtyping import Array, Bool, Float
 from ._binning import masked_statistic
 
 
+def centre_pixels(edges: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The pixel nearest each diagnostic bin's centre along an axis: ``start + size // 2``."""
+    return edges[0] + edges[1] // 2
+
+
 def fit_rms(
     bin_values: Float[Array, "ny nx"],
     bin_valid: Bool[Array, "ny nx"],
-    model_image: Float[Array, "H W"],
-    edges_y: tuple[np.ndarray, np.ndarray],
-    edges_x: tuple[np.ndarray, np.ndarray],
+    model_at_centres: Float[Array, "ny nx"],
 ) -> Float[Array, ""]:
-    """RMS of bin statistic minus the model at the pixel nearest each bin centre."""
-    ypix = edges_y[0] + edges_y[1] // 2
-    xpix = edges_x[0] + edges_x[1] // 2
-    at_centres = model_image[ypix[:, None], xpix[None, :]]
-    resid = jnp.where(bin_valid, jnp.where(bin_valid, bin_values, 0) - at_centres, 0)
+    """RMS of bin statistic minus the model at the pixel nearest each bin centre.
+
+    ``model_at_centres`` is the model evaluated at `centre_pixels` of both axes.
+    """
+    resid = jnp.where(bin_valid, jnp.where(bin_valid, bin_values, 0) - model_at_centres, 0)
     count = jnp.sum(bin_valid)
     mean_sq = jnp.sum(resid * resid) / jnp.maximum(count, 1).astype(resid.dtype)
     return jnp.where(count > 0, jnp.sqrt(mean_sq), jnp.nan)
 
 
 def matched_mse(
-    diff: Float[Array, "H W"], model_image: Float[Array, "H W"], usable: Bool[Array, "H W"]
+    diff: Float[Array, "H W"],
+    model_image: Float[Array, "H W"],
+    usable: Bool[Array, "H W"],
+    count: Array | None = None,
 ) -> Float[Array, ""]:
-    """Mean of ``(diff - model)²`` over usable pixels [ADU²]."""
+    """Mean of ``(diff - model)²`` over usable pixels [ADU²].
+
+    ``count``: the number of usable pixels, when already known (saves a pass).
+    """
     resid = jnp.where(usable, jnp.where(usable, diff, 0) - model_image, 0)
-    count = jnp.sum(usable)
+    count = jnp.sum(usable) if count is None else count
     return jnp.where(
         count > 0, jnp.sum(resid * resid) / jnp.maximum(count, 1).astype(resid.dtype), jnp.nan
     )

@@ -32,7 +32,7 @@ from ._binning import (
 )
 from ._chebyshev import term_mask
 from ._config import MatchBackgroundsConfig
-from ._diagnostics import fit_rms, matched_mse
+from ._diagnostics import centre_pixels, fit_rms, matched_mse
 from ._exposure import Exposure
 from ._model import BackgroundModel, Basis
 from ._solve import solve_least_squares
@@ -201,7 +201,7 @@ def prepare_fit(
     the least-squares pieces ``design`` (ny·nx, K), ``penalty``, ``sqrt_mu``,
     ``active`` (K,), ``sqrt_eps``; and ``under``, ``orders``, ``m_min``, ``n_valid``.
     With ``with_diff_im_var``, also ``diff_im_var`` (§8), computed in the same data
-    passes as the grid statistic.
+    passes as the grid statistic. ``n_usable``: the number of usable pixels.
     ``hyper`` holds the continuous hyperparameters as arrays: ``roughness``,
     ``num_sigma_clip`` and ``clip_sharpness`` (None for the hard clip).
     """
@@ -253,6 +253,7 @@ def prepare_fit(
         diff_var=diff_var,
         diff_im_var=var_value,
         usable=usable,
+        n_usable=jnp.sum(n),  # the fit cells cover every pixel once
         stat=stat,
         value=value,
         w_raw=w_raw,
@@ -361,7 +362,8 @@ def _match_one(ref, sci, hyper, bits_ref, bits_sci, config, plan):
 
     # Model image (separable) and diagnostics (§7, §8).
     h, w = basis.shape
-    model = basis.evaluate(coef, jnp.arange(h, dtype=dtype), jnp.arange(w, dtype=dtype))
+    # NumPy pixel grids: the basis matrices are then constants of the compiled program.
+    model = basis.evaluate(coef, np.arange(h, dtype=dtype), np.arange(w, dtype=dtype))
     matched = jnp.where(ok, sci.image + jnp.where(ok, model, 0), sci.image)
     if _same_edges(plan.fit_y, plan.diag_y) and _same_edges(plan.fit_x, plan.diag_x):
         z_diag, valid_diag = value, valid
@@ -369,8 +371,9 @@ def _match_one(ref, sci, hyper, bits_ref, bits_sci, config, plan):
         z_diag, _, _, n_diag = grid_statistics(diff, usable, plan.diag_y, plan.diag_x, *stat)
         valid_diag = n_diag >= 2
     nan = jnp.asarray(jnp.nan, dtype=dtype)
-    rms = jnp.where(ok, fit_rms(z_diag, valid_diag, model, plan.diag_y, plan.diag_x), nan)
-    mse = jnp.where(ok, matched_mse(diff, model, usable), nan)
+    centres = [jnp.asarray(centre_pixels(e), dtype) for e in (plan.diag_y, plan.diag_x)]
+    rms = jnp.where(ok, fit_rms(z_diag, valid_diag, basis.evaluate(coef, *centres)), nan)
+    mse = jnp.where(ok, matched_mse(diff, model, usable, fit["n_usable"]), nan)
     var = jnp.where(ok, fit["diff_im_var"], nan)
     grid_err = jnp.where(valid, err, jnp.nan)
     grid_val = jnp.where(valid, value, jnp.nan)

@@ -19,6 +19,7 @@ from jaxtyping import Array, Float
 
 from ._akima import akima_grid
 from ._chebyshev import chebyshev_matrix, to_unit_interval
+from ._separable import constant_if_known, outer_sum
 from ._spline import DEGREE, cardinal_basis
 
 
@@ -64,7 +65,8 @@ class Basis:
         if self.kind == "SPLINE" and self.style == "AKIMA_SPLINE":
             ty, tx = np.asarray(self.knots_y), np.asarray(self.knots_x)
             return akima_grid(coefficients, ty, tx, y, x)
-        return self.matrix_y(y) @ coefficients @ self.matrix_x(x).T
+        left = constant_if_known(self.matrix_y, y) @ coefficients
+        return outer_sum(left, constant_if_known(self.matrix_x, x))
 
 
 class BackgroundModel(eqx.Module):

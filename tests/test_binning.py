@@ -16,9 +16,11 @@ import pytest
 from jax.test_util import check_grads
 
 from jaxmatch._binning import (
+    _power_sums,
     bin_edges,
     cell_centres,
     cell_edges,
+    grid_and_pooled_statistics,
     grid_statistics,
     masked_statistic,
     split_cells,
@@ -377,6 +379,54 @@ def test_gradients_finite_with_nan_inputs_and_empty_cells(statistic):
     assert np.all(np.isfinite(g))
     np.testing.assert_array_equal(g[~usable], 0.0)
     assert np.any(g[usable] != 0)
+
+
+# --------------------------------------------------------------------------------
+# The grid statistic and a pooled MEANCLIP in the same passes (the fit grid + diffImVar)
+# --------------------------------------------------------------------------------
+@pytest.mark.parametrize("grid", ["equal", "uneven"])
+@pytest.mark.parametrize("statistic", STATISTICS)
+def test_grid_and_pooled_statistics_equal_separate_computations(grid, statistic):
+    """The grid part equals `grid_statistics`; the pooled part equals the oracle's
+    MEANCLIP of every pooled-usable pixel (each pixel counted once, also when the
+    cells are padded). Tolerance: TOL value (same float64 sums, other order)."""
+    shape, b, layout = GRIDS[grid]
+    image, usable, ey, ex = _grid_case(shape, b, layout, seed=5)
+    rng = np.random.default_rng(6)
+    pooled = rng.normal(50.0, 3.0, shape)
+    pooled_ok = usable & (rng.random(shape) > 0.1)
+    pooled[np.unravel_index(np.argmax(pooled_ok), shape)] = 400.0  # an outlier to clip
+    pooled[~pooled_ok] = np.nan
+    args = (jnp.asarray(image), jnp.asarray(usable), jnp.asarray(pooled), jnp.asarray(pooled_ok))
+    grid_part, pooled_part = jax.jit(
+        lambda *a: grid_and_pooled_statistics(*a, ey, ex, statistic, 2.0, 3)
+    )(*args)
+    alone = _grid_fn(_freeze(ey), _freeze(ex), statistic, 2.0, 3)(args[0], args[1])
+    for q in range(4):
+        np.testing.assert_allclose(grid_part[q], alone[q], **TOL["float64", "value"])
+    expected = oracle.cell_statistic(pooled[pooled_ok], "MEANCLIP", 2.0, 3)
+    got = [float(pooled_part[q]) for q in range(3)]
+    np.testing.assert_allclose(got, expected, **TOL["float64", "value"])
+    assert float(pooled_part[3]) == pooled_ok.sum()
+    assert got[2] < pooled_ok.sum()  # the outlier was clipped: the pooled clip really ran
+
+
+def _freeze(edges):
+    return tuple(tuple(int(v) for v in a) for a in edges)
+
+
+def test_power_sums_derivatives_match_finite_differences():
+    """`_power_sums` is one variadic reduction with a hand-written JVP: forward and
+    reverse mode against central differences (check_grads' default tolerance for
+    float64, 1e-5 relative on second-order differences, via its own eps = 1e-6)."""
+    rng = np.random.default_rng(2)
+    w = (jnp.asarray(rng.random((3, 4, 5))), jnp.asarray(rng.random((3, 4, 5))))
+    d = (jnp.asarray(rng.normal(size=(3, 4, 5))), jnp.asarray(rng.normal(size=(3, 4, 5))))
+    f = lambda w, d: _power_sums(w, d, (0, 2))  # noqa: E731
+    sums = f(w, d)
+    np.testing.assert_allclose(sums[4], np.sum(w[1] * d[1], axis=(0, 2)), rtol=1e-13)
+    np.testing.assert_allclose(sums[2], np.sum(w[0] * d[0] ** 2, axis=(0, 2)), rtol=1e-13)
+    check_grads(f, (w, d), order=2, modes=("fwd", "rev"))
 
 
 # --------------------------------------------------------------------------------

@@ -58,8 +58,6 @@ def _settings(max_examples):
     )
 
 
-
-
 # ------------------------------------------------------------------------ data
 @dataclasses.dataclass(frozen=True)
 class Masks:
@@ -121,8 +119,6 @@ def draw_batch(seed, shape, n_sci, m: Masks, *, sky=100.0, sigma=1.0, amplitude=
     ref = jm.Exposure(ref_img, ref_mask, var)
     sci = jm.Exposure(np.stack(images), np.stack(mask_list), np.stack([var] * n_sci))
     return ref, sci
-
-
 
 
 def _cfg(**fields):

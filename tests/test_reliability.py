@@ -45,7 +45,6 @@ FAMILIES = pytest.mark.parametrize("config", [SPLINE, POLY], ids=["spline", "pol
 STYLES = ("THROW_EXCEPTION", "REDUCE_INTERP_ORDER", "INCREASE_NXNYSAMPLE")
 
 
-
 # ----------------------------------------------------------------------- helpers
 def _data(seed=0, shape=SHAPE, sky=100.0, sigma=1.0):
     """Reference and science images [ADU] whose difference is smooth + noise."""
@@ -69,8 +68,6 @@ def _copy(exposure):
         np.array(exposure.variance),
         mask_planes=exposure.getMaskPlaneDict(),
     )
-
-
 
 
 def _match(ref, sci, config, **kwargs):

@@ -320,9 +320,7 @@ def _np_costs(stats, w_cov, w_var, w_level, *, lsst_level=False):
     var, level, cov = (np.asarray(c, dtype=float) for c in zip(*stats))
     level_norm = np.nanmax(level) if lsst_level else np.nanmax(np.abs(level))
     return (
-        w_var * var / np.nanmax(var)
-        + w_level * level / level_norm
-        + w_cov * np.nanmin(cov) / cov
+        w_var * var / np.nanmax(var) + w_level * level / level_norm + w_cov * np.nanmin(cov) / cov
     )
 
 
@@ -352,8 +350,9 @@ def test_selectRefExposure_matches_numpy_cost(hand, case):
     assert int(np.argmin(np_costs)) == expected
     assert np.sort(np_costs)[1] - np_costs.min() > 0.05
     # the task's cost (config weights → refWeights, in its order) on the same statistics
-    np.testing.assert_allclose(task.referenceCosts(*map(np.asarray, zip(*stats))), np_costs,
-                               **TOL["cost"])
+    np.testing.assert_allclose(
+        task.referenceCosts(*map(np.asarray, zip(*stats))), np_costs, **TOL["cost"]
+    )
     assert task.selectRefExposure(hand, None, DATASET) == expected
     assert task.metadata["refIndex"] == expected
 
@@ -432,8 +431,9 @@ def test_run_on_mixed_references_equals_pairwise_matching(patch_exposures, tmp_p
         model = np.asarray(single.backgroundModel.getImage())
         assert np.ptp(model) > 1.0  # a real correction (backgrounds differ by ~20 ADU)
         # matchBackgrounds modified the science image in place: sci + model
-        np.testing.assert_allclose(sci.image, np.asarray(exps[i].image) + model,
-                                   equal_nan=True, **TOL["matched_image"])
+        np.testing.assert_allclose(
+            sci.image, np.asarray(exps[i].image) + model, equal_nan=True, **TOL["matched_image"]
+        )
         # a good match: the residual MSE is comparable to the difference's variance
         # (spec §8), here within 20 % (the simulated noise is Gaussian)
         assert 0.8 < single.matchedMSE / single.diffImVar < 1.2
@@ -456,12 +456,14 @@ def test_matchBackgrounds_keeps_the_science_pixel_type(patch_exposures):
     """A float32 science exposure matched to a float64 reference (the engine works in
     float64) keeps a float32 image, of one dtype with its variance."""
     ref, sci64 = patch_exposures[0], patch_exposures[1]
-    sci32 = Exposure(np.asarray(sci64.image, np.float32), sci64.mask,
-                     np.asarray(sci64.variance, np.float32))
+    sci32 = Exposure(
+        np.asarray(sci64.image, np.float32), sci64.mask, np.asarray(sci64.variance, np.float32)
+    )
     single = MatchBackgroundsTask(CFG).matchBackgrounds(ref, sci32)
     assert sci32.image.dtype == sci32.variance.dtype == np.float32
     expected = np.asarray(sci64.image, np.float32).astype(float) + np.asarray(
-        single.backgroundModel.getImage())
+        single.backgroundModel.getImage()
+    )
     # one float32 rounding of values ~1e3: relative 2**-24 ≈ 6e-8
     np.testing.assert_allclose(sci32.image, expected, rtol=1e-7, equal_nan=True)
 
@@ -507,8 +509,7 @@ def test_run_reference_listed_twice(patch_exposures):
     exps = patch_exposures
     task = MatchBackgroundsTask(CFG)
     # explicit reference
-    result = task.run([exps[0], exps[1], exps[0], exps[2], exps[3]], DATASET,
-                      refExpDataRef=exps[0])
+    result = task.run([exps[0], exps[1], exps[0], exps[2], exps[3]], DATASET, refExpDataRef=exps[0])
     assert _ref_flags(result) == [True, False, True, False, False]
     for i in (0, 2):
         info = result.backgroundInfoList[i]
@@ -557,14 +558,20 @@ def test_run_with_scalers_equals_run_on_prescaled(patch_exposures):
     _assert_same_run(with_scalers, task.run(pre, DATASET))
     # the scalers matter: unscaled input gives other numbers
     plain = task.run(exps, DATASET)
-    k = next(i for i, (a, b) in enumerate(zip(_ref_flags(plain), _ref_flags(with_scalers)))
-             if not (a or b))
-    assert abs(plain.backgroundInfoList[k].diffImVar
-               - with_scalers.backgroundInfoList[k].diffImVar) > 1.0
+    k = next(
+        i
+        for i, (a, b) in enumerate(zip(_ref_flags(plain), _ref_flags(with_scalers)))
+        if not (a or b)
+    )
+    assert (
+        abs(plain.backgroundInfoList[k].diffImVar - with_scalers.backgroundInfoList[k].diffImVar)
+        > 1.0
+    )
     # an explicit reference is scaled by refImageScaler ...
     _assert_same_run(
-        task.run(exps, DATASET, imageScalerList=scalers, refExpDataRef=exps[1],
-                 refImageScaler=scalers[1]),
+        task.run(
+            exps, DATASET, imageScalerList=scalers, refExpDataRef=exps[1], refImageScaler=scalers[1]
+        ),
         task.run(pre, DATASET, refExpDataRef=pre[1]),
     )
     # ... and not at all when refImageScaler is None (LSST's rule)
@@ -583,8 +590,7 @@ _soft_weights = eqx.filter_jit(lambda task, batch: task.softReferenceWeights(bat
 
 def test_soft_weights_are_one_hot_at_tiny_temperature(hand):
     batch = stack_exposures(hand)
-    cold = eqx.tree_at(lambda t: t.softminTemperature, MatchBackgroundsTask(CFG),
-                       _leaf(1e-4))
+    cold = eqx.tree_at(lambda t: t.softminTemperature, MatchBackgroundsTask(CFG), _leaf(1e-4))
     chosen = set()
     for weights, expected in WEIGHT_CASES.values():
         task = eqx.tree_at(lambda t: t.refWeights, cold, _leaf(weights))
@@ -607,8 +613,9 @@ FLOAT_LEAVES = {
 
 
 def test_gradients_wrt_task_leaves_match_finite_differences():
-    batch = stack_exposures(_exposures_of(simulate_patch(3, shape=(64, 64), seed=3,
-                                                         coverage="full")))
+    batch = stack_exposures(
+        _exposures_of(simulate_patch(3, shape=(64, 64), seed=3, coverage="full"))
+    )
     task = eqx.tree_at(
         lambda t: (t.softminTemperature, t.splineRoughness),
         MatchBackgroundsTask(CFG),
@@ -621,8 +628,7 @@ def test_gradients_wrt_task_leaves_match_finite_differences():
         # roughness through a spline fit to the soft reference
         weights = task.softReferenceWeights(batch)
         ref = task.softReference(batch)
-        fit = match(ref, batch, task.config, roughness=task.splineRoughness,
-                    raise_on_failure=False)
+        fit = match(ref, batch, task.config, roughness=task.splineRoughness, raise_on_failure=False)
         return jnp.sum(weights * jnp.arange(3.0)) + jnp.mean(fit.matchedMSE) / 1000.0
 
     grads = eqx.filter_jit(eqx.filter_grad(loss))(task, batch)
@@ -637,8 +643,13 @@ def test_gradients_wrt_task_leaves_match_finite_differences():
             down = loss(eqx.tree_at(get, task, value - step), batch)
             numeric.append(float(up - down) / (2 * h))
         assert np.all(np.abs(analytic) > 1e-4), (name, analytic)  # not a vacuous check
-        np.testing.assert_allclose(analytic, numeric, rtol=TOL["fd_grad"]["rtol"],
-                                   atol=TOL["fd_grad"]["atol"], err_msg=name)
+        np.testing.assert_allclose(
+            analytic,
+            numeric,
+            rtol=TOL["fd_grad"]["rtol"],
+            atol=TOL["fd_grad"]["atol"],
+            err_msg=name,
+        )
 
 
 def test_filter_jit_does_not_retrace_when_float_leaves_change(hand):

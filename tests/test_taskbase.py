@@ -32,7 +32,8 @@ class SubSubTask(Task):
 @dataclasses.dataclass(frozen=True)
 class SubConfig:
     subsub: ConfigurableField = dataclasses.field(
-        default_factory=lambda: SubSubTask.makeField("the sub-subtask"))
+        default_factory=lambda: SubSubTask.makeField("the sub-subtask")
+    )
 
 
 class SubTask(Task):
@@ -47,7 +48,8 @@ class SubTask(Task):
 @dataclasses.dataclass(frozen=True)
 class TopConfig:
     sub: ConfigurableField = dataclasses.field(
-        default_factory=lambda: SubTask.makeField("the subtask"))
+        default_factory=lambda: SubTask.makeField("the subtask")
+    )
     threshold: float = 3.0
 
 
@@ -76,8 +78,7 @@ def top():
 
 
 def test_names_and_hierarchy(top):
-    assert (top.getName(), top.sub.getName(), top.sub.subsub.getName()) == (
-        "top", "sub", "subsub")
+    assert (top.getName(), top.sub.getName(), top.sub.subsub.getName()) == ("top", "sub", "subsub")
     assert top.getFullName() == "top"
     assert top.sub.getFullName() == "top.sub"
     assert top.sub.subsub.getFullName() == "top.sub.subsub"
@@ -112,8 +113,13 @@ def test_timer_records_and_logs(top, caplog):
     with top.sub.timer("work", logLevel=logging.INFO):
         time.sleep(0.02)
     md = top.sub.metadata
-    assert set(md) == {"workStartUtc", "workStartCpuTime", "workEndUtc", "workEndCpuTime",
-                       "workDuration"}
+    assert set(md) == {
+        "workStartUtc",
+        "workStartCpuTime",
+        "workEndUtc",
+        "workEndCpuTime",
+        "workDuration",
+    }
     assert md["workDuration"] >= 0.02
     assert md["workEndUtc"] >= md["workStartUtc"]  # ISO strings sort in time order
     assert md["workEndCpuTime"] >= md["workStartCpuTime"]
