@@ -23,6 +23,7 @@ from ._match import (
     STATUS_MESSAGES as STATUS_MESSAGES,
     MatchResult as MatchResult,
     check_result as check_result,
+    fitted as fitted,
     match as match,
 )
 from ._model import BackgroundModel as BackgroundModel, Basis as Basis

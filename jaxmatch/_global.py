@@ -62,6 +62,7 @@ from ._config import MatchBackgroundsConfig
 from ._diagnostics import matched_mse
 from ._exposure import Exposure
 from ._match import (
+    NAN_DIAGNOSTIC,
     NO_OVERLAP,
     NONFINITE,
     SUCCESS,
@@ -299,6 +300,7 @@ def _match_global(exposures, hyper, bits, config, structure, with_covariance):
         exposures.image,
     )
     nan = jnp.asarray(jnp.nan, dtype)
+    status = jnp.where(ok & (jnp.isnan(rms) | jnp.isnan(var_i)), NAN_DIAGNOSTIC, status)
     return GlobalResult(
         model=model,
         matched=matched,

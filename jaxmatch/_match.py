@@ -39,13 +39,26 @@ from ._solve import solve_least_squares
 from ._spline import DEGREE, MIN_POINTS, difference_matrix, knots, max_style
 
 # Status codes (docs/algorithm.md §9), returned per exposure from inside jit.
-SUCCESS, NO_OVERLAP, UNDERSAMPLED, NONFINITE = 0, 1, 2, 3
+SUCCESS, NO_OVERLAP, UNDERSAMPLED, NONFINITE, NAN_DIAGNOSTIC = 0, 1, 2, 3, 4
 STATUS_MESSAGES = {
     SUCCESS: "success",
     NO_OVERLAP: "no usable bin: no overlap with the reference (every pixel masked or NaN)",
     UNDERSAMPLED: "too few usable bins for the requested order (undersampleStyle)",
     NONFINITE: "the fit gave a non-finite model",
+    NAN_DIAGNOSTIC: (
+        "fitted and applied, but a diagnostic is undefined (NaN): no usable pixel with a "
+        "finite variance (diffImVar) or no diagnostic bin with 2 usable pixels (fitRMS)"
+    ),
 }
+# The codes whose model is valid and applied (the others are failures).
+FITTED = (SUCCESS, NAN_DIAGNOSTIC)
+
+
+def fitted(status: Array) -> Array:
+    """``True`` where the model is valid and was applied (status 0 or 4)."""
+    return (status == SUCCESS) | (status == NAN_DIAGNOSTIC)
+
+
 # λ_floor: fills missing bins smoothly in the spline fit (§6); for Chebyshev it
 # only keeps d(result)/dλ finite at λ = 0 (the penalty enters as √λ).
 SPLINE_ROUGHNESS_FLOOR = 1e-6
@@ -65,7 +78,9 @@ class MatchResult(eqx.Module):
       image where the fit failed.
     - ``fitRMS``, ``matchedMSE``, ``diffImVar``: LSST's diagnostics ``(N,)``.
     - ``status``: ``(N,)`` codes (0 success; see `STATUS_MESSAGES`); a failed
-      exposure has NaN coefficients and diagnostics.
+      exposure (1-3) has NaN coefficients and diagnostics; 4 (``NAN_DIAGNOSTIC``):
+      the model is valid and applied, and ``fitRMS`` or ``diffImVar`` is NaN.
+      Status 0: every diagnostic is a number (+inf for overflowing pixel values).
     - ``grid_values``, ``grid_errors``, ``grid_weights``: the fitted bin grid
       ``(N, ny, nx)`` (values and errors NaN where a bin is not valid; weights
       normalised to mean 1 over valid bins).
@@ -375,6 +390,7 @@ def _match_one(ref, sci, hyper, bits_ref, bits_sci, config, plan):
     rms = jnp.where(ok, fit_rms(z_diag, valid_diag, basis.evaluate(coef, *centres)), nan)
     mse = jnp.where(ok, matched_mse(diff, model, usable, fit["n_usable"]), nan)
     var = jnp.where(ok, fit["diff_im_var"], nan)
+    status = jnp.where(ok & (jnp.isnan(rms) | jnp.isnan(var)), NAN_DIAGNOSTIC, status)
     grid_err = jnp.where(valid, err, jnp.nan)
     grid_val = jnp.where(valid, value, jnp.nan)
     return dict(
@@ -587,9 +603,12 @@ def _increase_nxnysample(reference, science, hyper, bits_ref, bits_sci, config, 
 
 
 def check_result(result: MatchResult) -> None:
-    """Raise `ValueError` naming each exposure whose fit failed, and why."""
+    """Raise `ValueError` naming each exposure whose fit failed, and why.
+
+    Status 4 (``NAN_DIAGNOSTIC``: model valid, a diagnostic NaN) is not a failure.
+    """
     status = np.asarray(result.status)
-    bad = np.flatnonzero(status != SUCCESS)
+    bad = np.flatnonzero(~np.asarray(fitted(status)))
     if bad.size:
         lines = [f"exposure {i}: {STATUS_MESSAGES[int(status[i])]}" for i in bad]
         raise ValueError("background matching failed for " + "; ".join(lines))

@@ -27,7 +27,7 @@ from jaxtyping import Array, Float
 from ._config import MatchBackgroundsConfig
 from ._exposure import Exposure, stack_exposures
 from ._global import match_all
-from ._match import STATUS_MESSAGES, SUCCESS, match
+from ._match import FITTED, NAN_DIAGNOSTIC, STATUS_MESSAGES, match
 from ._reference import (
     reference_costs,
     reference_statistics,
@@ -159,11 +159,13 @@ class MatchBackgroundsTask(Task):
     def _record(self, result, k, ref, infos, i, **extra) -> None:
         """Entry ``i`` of the result list from exposure ``k`` of an engine result."""
         status = int(result.status[k])
-        if status != SUCCESS:
+        if status not in FITTED:
             self._logFailure(ref, STATUS_MESSAGES[status])
             for name, value in extra.items():
                 setattr(infos[i], name, value)
             return
+        if status == NAN_DIAGNOSTIC:
+            self.log.warning("Background of %s: %s", _describe(ref), STATUS_MESSAGES[status])
         infos[i] = Struct(
             isReference=False,
             backgroundModel=result.model[k],
