@@ -440,7 +440,8 @@ def _penalty_and_terms(config, plan, valid_union, dtype):
     rows, floor = penalty_rows(plan.basis, dtype)
     n = len(valid_union)
     if plan.basis.kind == "CHEBYSHEV":
-        active, under, *_ = jax.vmap(lambda v: _active_terms(config, v))(valid_union)
+        design = design_matrix(plan, dtype)
+        active, under, *_ = jax.vmap(lambda v: _active_terms(config, v, design))(valid_union)
         return rows, floor, active.reshape(n, -1), under
     k = int(np.prod(plan.basis.coefficient_shape))
     return rows, floor, jnp.ones((n, k), bool), jnp.zeros(n, bool)

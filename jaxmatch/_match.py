@@ -21,6 +21,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jaxtyping import Array, Float, Int
 
 from ._binning import (
@@ -178,10 +179,13 @@ def plan_fit(config: MatchBackgroundsConfig, shape: tuple[int, int], bin_size: i
     return _Plan(fit_y, fit_x, diag_y, diag_x, basis)
 
 
-def _active_terms(config, valid):
+def _active_terms(config, valid, design=None):
     """Active Chebyshev terms after the undersampling rule, and the status flag.
 
     Returns ``(active (ky, kx) bool, undersampled bool, order_y_eff, order_x_eff, m)``.
+    With ``design`` (the ``(ny·nx, K)`` design matrix) the rank rule follows LSST's
+    row/column rule (§5): terms the valid bins do not determine are dropped
+    (REDUCE_INTERP_ORDER) or flag the exposure (the other styles).
     """
     order_y, order_x = _orders(config)
     mx = jnp.sum(jnp.any(valid, axis=0))
@@ -199,11 +203,66 @@ def _active_terms(config, valid):
     p = jnp.arange(order_y + 1)[:, None]
     q = jnp.arange(order_x + 1)[None, :]
     base = jnp.asarray(term_mask(order_y, order_x, config.chebyshevTerms))
+    p_np, q_np = np.arange(order_y + 1)[:, None], np.arange(order_x + 1)[None, :]
+    degree = (p_np + q_np) if config.chebyshevTerms == "TOTAL" else np.maximum(p_np, q_np)
     if config.chebyshevTerms == "TOTAL":
         active = base & (p + q <= eff)
     else:
         active = base & (p <= eff_y) & (q <= eff_x)
+    if design is not None:
+        # The highest degree whose terms the valid bins determine (§5).
+        rank_order = _determined_degree(design, valid, active, degree)
+        if reduce:
+            eff_y, eff_x = jnp.minimum(eff_y, rank_order), jnp.minimum(eff_x, rank_order)
+            active = active & (jnp.asarray(degree) <= rank_order)
+        else:
+            under = under | jnp.any(active & (jnp.asarray(degree) > rank_order))
     return active, under & (not reduce), eff_y, eff_x, m
+
+
+# Relative residual below which a design column counts as a combination of the
+# columns before it (docs/algorithm.md §5). Exactly dependent layouts give ~1e-14
+# in float64; determined ones >= 3e-5 for every order <= 8 on 9x9..16x16 grids.
+# float32 rounding leaves ~1e-5 for dependent columns, so there the bar is 1e-4
+# (a design that ill-conditioned would lose 4 of float32's 7 digits anyway).
+RANK_TOLERANCE = {4: 1e-4, 8: 1e-9}
+
+
+def _determined_degree(design, valid, active, degree):
+    """The largest ``d`` such that the valid bins determine every active term of
+    degree ``<= d`` (the largest degree when they determine all of them).
+
+    Modified Gram–Schmidt (twice, for stability) over the active columns of the
+    valid rows, each normalised, in order of increasing degree: a column whose
+    residual after projecting out the earlier ones is below `RANK_TOLERANCE` is
+    dependent, and its degree and all above are undetermined. Plain JAX (no LAPACK
+    call); a status check, so no gradient flows through it.
+    """
+    degree = np.asarray(degree).reshape(-1)
+    perm = np.argsort(degree, kind="stable")
+    a = lax.stop_gradient(design) * valid.reshape(-1, 1) * active.reshape(1, -1)
+    a = a[:, perm]
+    norms = jnp.sqrt(jnp.sum(a * a, axis=0))
+    a = a / jnp.where(norms > 0, norms, 1)
+    tol = RANK_TOLERANCE[jnp.dtype(a.dtype).itemsize]
+
+    def step(k, state):
+        basis, independent = state
+        v = lax.dynamic_index_in_dim(a, k, axis=1, keepdims=False)
+        for _ in range(2):
+            v = v - basis @ (basis.T @ v)
+        size = jnp.sqrt(jnp.sum(v * v))
+        ok = size > tol
+        basis = lax.dynamic_update_index_in_dim(
+            basis, jnp.where(ok, v / jnp.where(ok, size, 1), 0), k, axis=1
+        )
+        return basis, independent.at[k].set(ok)
+
+    k = a.shape[1]
+    _, independent = lax.fori_loop(0, k, step, (jnp.zeros_like(a), jnp.zeros(k, bool)))
+    dependent = active.reshape(-1)[perm] & ~independent
+    top = int(degree.max())
+    return jnp.min(jnp.where(dependent, jnp.asarray(degree[perm]), top + 1)) - 1
 
 
 def prepare_fit(
@@ -255,7 +314,7 @@ def prepare_fit(
     penalty, floor = penalty_rows(basis, dtype)
     sqrt_mu = jnp.sqrt(roughness + floor).astype(dtype)
     if basis.kind == "CHEBYSHEV":
-        active, under, eff_y, eff_x, m_min = _active_terms(config, valid)
+        active, under, eff_y, eff_x, m_min = _active_terms(config, valid, design)
         orders = jnp.stack([eff_y, eff_x]).astype(jnp.int32)
     else:
         m_min = jnp.minimum(jnp.sum(jnp.any(valid, 0)), jnp.sum(jnp.any(valid, 1)))

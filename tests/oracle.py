@@ -439,11 +439,35 @@ def oracle_match(
         elif order_x > -(-short // bin_size) - 1:
             raise ValueError("Chebyshev order too high for the grid")
 
+        def degrees():
+            p, q = np.arange(ky)[:, None], np.arange(kx)[None, :]
+            return np.maximum(p, q) if tensor else p + q
+
+        def determined_degree(g, e_y, e_x):
+            """Largest d: the valid cells' design restricted to the active terms of
+            degree <= d has full column rank (SVD of the column-normalised matrix)."""
+            yc = chebyshev_matrix(2.0 * (g["y_centres"] + 0.5) / height - 1.0, order_yy)
+            xc = chebyshev_matrix(2.0 * (g["x_centres"] + 0.5) / width - 1.0, order_x)
+            rows = np.einsum("ap,bq->abpq", yc, xc)[g["valid"]].reshape(-1, ky * kx)
+            p, q = np.arange(ky)[:, None], np.arange(kx)[None, :]
+            act = (p <= e_y) & (q <= e_x) if tensor else (p + q <= e_x)
+            deg = degrees()
+            for d in range(int(deg.max()), -1, -1):
+                cols = (act & (deg <= d)).reshape(-1)
+                a = rows[:, cols] / np.linalg.norm(rows[:, cols], axis=0)
+                sv = np.linalg.svd(a, compute_uv=False)
+                if a.shape[0] >= a.shape[1] and sv[-1] > 1e-11 * sv[0]:
+                    return d
+            return -1
+
         def undersampled(valid):
             mx, my = _occupancy(valid)
             if tensor:
                 return mx <= order_x or my <= order_yy
             return min(mx, my) <= order_x
+
+        def rank_undersampled(g):
+            return determined_degree(g, order_yy, order_x) < int(degrees().max())
 
         grid = grid_for(bin_size)
         bin_used = bin_size
@@ -453,7 +477,7 @@ def oracle_match(
         m = min(mx, my)
         if m == 0:
             status = STATUS_NO_OVERLAP
-        elif undersampled(grid["valid"]):
+        elif undersampled(grid["valid"]) or rank_undersampled(grid):
             if undersample_style == "THROW_EXCEPTION":
                 status = STATUS_UNDERSAMPLED
             elif undersample_style == "REDUCE_INTERP_ORDER":
@@ -461,7 +485,10 @@ def oracle_match(
                     eff_x = min(order_x, mx - 1)
                     eff_y = min(order_yy, my - 1)
                 else:
-                    eff_x = eff_y = m - 1
+                    eff_x = eff_y = min(order_x, m - 1)
+                # Then the rank rule: keep the degrees the valid cells determine.
+                d = determined_degree(grid, eff_y, eff_x)
+                eff_x, eff_y = min(eff_x, d), min(eff_y, d)
             elif undersample_style == "INCREASE_NXNYSAMPLE":
                 new_bin = (m * bin_size) // (max(order_x, order_yy) + 1)
                 if new_bin < 1:
@@ -469,7 +496,7 @@ def oracle_match(
                 else:
                     grid = grid_for(new_bin)
                     bin_used = new_bin
-                    if undersampled(grid["valid"]):
+                    if undersampled(grid["valid"]) or rank_undersampled(grid):
                         status = STATUS_UNDERSAMPLED
             else:
                 raise ValueError(f"unknown undersample_style {undersample_style!r}")

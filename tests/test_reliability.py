@@ -4,16 +4,14 @@ Every awkward input of the catalogue in ``docs/reliability.md`` has a test here
 (the table names it): either a clear exception naming the problem, or a defined
 result. Every engine result is also checked against the status contract
 (`assert_status_contract`): a fit with status 0 has finite coefficients, model,
-``fitRMS`` and ``matchedMSE``; a failed fit has NaN coefficients and diagnostics
-and its matched image is the unchanged science image.
+``fitRMS`` and ``matchedMSE``; status 4 a valid model and a NaN ``fitRMS`` or
+``diffImVar``; a failed fit has NaN coefficients and diagnostics and its matched
+image is the unchanged science image.
 
 Then: inputs stay intact (``match``, the tuning/loss functions, ``task.run``;
 ``task.matchBackgrounds`` changes the science image only after a successful fit),
 and numerical robustness (condition numbers of the design matrices, float32
 accuracy on a 1e4-count sky).
-
-Expected failures (``xfail(strict=True)``) mark what the issue asks for and the
-library does not do yet; docs/reliability.md explains each.
 
 Most tests use 64 x 64 images with binSize 16 and one of two configs (`SPLINE`,
 `POLY`), so the engine compiles only a few times.
@@ -356,26 +354,52 @@ def test_polynomial_fill_of_missing_bins_keeps_a_constant():
     assert _missing_bin_fit("6x6 bins, right half missing", use_polynomial=True) < 1e-6
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="REDUCE_INTERP_ORDER / THROW_EXCEPTION count distinct bin rows and columns "
-    "(LSST's rule), not the rank of the valid-bin design: 4 valid bins on the diagonal "
-    "pass for order 3 (10 terms), which cannot separate x from y; the ridge picks the "
-    "minimum-norm split and misses a tilted plane off the diagonal, with status 0",
-)
-@pytest.mark.parametrize("style", ["REDUCE_INTERP_ORDER", "THROW_EXCEPTION"])
-def test_rank_deficient_valid_bins_are_flagged(style):
+def _diagonal_bins_pair():
+    """4 valid 16x16 bins on the diagonal of a 64x64 image; diff = 10 + 0.05 x."""
     mask = np.full(SHAPE, NO_DATA, np.int32)
     for i in range(4):
         mask[16 * i : 16 * i + 16, 16 * i : 16 * i + 16] = 0
     ref, sci = _constant_pair(SHAPE, 10.0, mask)
     x = np.arange(SHAPE[1])[None, :] * np.ones(SHAPE)
-    sci = _exp(np.asarray(sci.image) - 0.05 * x, mask, np.ones(SHAPE))  # diff = 10 + 0.05 x
-    config = jm.MatchBackgroundsConfig(
-        binSize=16, usePolynomial=True, order=3, undersampleStyle=style
-    )
-    result, model = _match(ref, sci, config)
-    assert int(result.status[0]) != 0 or np.max(np.abs(model[0] - (10.0 + 0.05 * x))) < 1e-5
+    sci = _exp(np.asarray(sci.image) - 0.05 * x, mask, np.ones(SHAPE))
+    return ref, sci, 10.0 + 0.05 * x
+
+
+@pytest.mark.parametrize("terms", ["TOTAL", "TENSOR"])
+def test_rank_deficient_valid_bins_are_flagged_or_reduced(terms):
+    """4 valid bins on the diagonal pass LSST's row/column rule for order 3, but only
+    determine functions of x + y (degree <= 0 of the separate terms beyond the
+    constant). THROW_EXCEPTION: status 2 (UNDERSAMPLED). REDUCE_INTERP_ORDER: the
+    order drops to the highest one the bins determine (0 here: the constant), the
+    status is 0 and the model is the mean difference (the plane cannot be told from
+    its x/y split: a constant is what those bins determine)."""
+    ref, sci, truth = _diagonal_bins_pair()
+    base = jm.MatchBackgroundsConfig(binSize=16, usePolynomial=True, order=3, chebyshevTerms=terms)
+    throw, _ = _match(ref, sci, base.replace(undersampleStyle="THROW_EXCEPTION"))
+    assert int(throw.status[0]) == 2
+    reduced, model = _match(ref, sci, base.replace(undersampleStyle="REDUCE_INTERP_ORDER"))
+    assert int(reduced.status[0]) == 0
+    assert list(np.asarray(reduced.effective_order[0])) == [0, 0]
+    valid = np.isfinite(np.asarray(reduced.grid_values[0]))
+    mean_valid = np.mean(np.asarray(reduced.grid_values[0])[valid])
+    np.testing.assert_allclose(model[0], mean_valid, rtol=0, atol=1e-6)
+    assert np.ptp(truth) > 1  # the data had a slope the bins cannot place
+
+
+def test_rank_rule_keeps_determined_layouts():
+    """Half of the bins missing (the right half): still determined, status 0, the
+    plane recovered exactly (to the ridge's 1e-6 pull), as before the rank rule."""
+    mask = _half_masked(SHAPE)
+    ref, sci = _constant_pair(SHAPE, 10.0, mask)
+    x = np.arange(SHAPE[1])[None, :] * np.ones(SHAPE)
+    sci = _exp(np.asarray(sci.image) - 0.05 * x, mask, np.ones(SHAPE))
+    for style in ("THROW_EXCEPTION", "REDUCE_INTERP_ORDER"):
+        config = jm.MatchBackgroundsConfig(
+            binSize=16, usePolynomial=True, order=1, undersampleStyle=style
+        )
+        result, model = _match(ref, sci, config)
+        assert int(result.status[0]) == 0
+        np.testing.assert_allclose(model[0], 10.0 + 0.05 * x, atol=1e-5)
 
 
 # ------------------------------------------------------------ constant difference
