@@ -24,12 +24,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import meanclip_sketch  # noqa: E402
 from data import make_case  # noqa: E402
 
 import jaxmatch  # noqa: E402
 from jaxmatch import _match as jm  # noqa: E402
-from jaxmatch._binning import grid_statistics, split_cells  # noqa: E402
+from jaxmatch._binning import (  # noqa: E402
+    grid_and_pooled_statistics,
+    grid_statistics,
+    split_cells,
+)
 from jaxmatch._diagnostics import centre_pixels, diff_im_var, fit_rms, matched_mse  # noqa: E402
 from jaxmatch._solve import solve_least_squares  # noqa: E402
 
@@ -100,18 +103,12 @@ def main(argv=None):
         var = diff_im_var(ref.variance + s.variance, usable, nsig, config.numIter)
         return g, var
 
-    ny, nx = len(plan.fit_y[0]), len(plan.fit_x[0])
-    equal_bins = side % bin_size == 0
-
-    def stage_grid_sketch(s):  # MEANCLIP with one data pass per iteration (meanclip_sketch)
-        diff, usable = prep(s)
-        return meanclip_sketch.grid_meanclip(diff, usable, ny, nx, nsig, config.numIter)
-
-    def stage_diffimvar_sketch(s):
+    def stage_grid_pooled(s):  # the library's way: both in the same passes
         diff, usable = prep(s)
         var = ref.variance + s.variance
-        ok = usable & jnp.isfinite(var)
-        return meanclip_sketch.meanclip(var, ok, (0, 1), nsig, config.numIter)[0]
+        return grid_and_pooled_statistics(
+            diff, usable, var, usable & jnp.isfinite(var), plan.fit_y, plan.fit_x, *stat
+        )
 
     def stage_diffimvar(s):
         diff, usable = prep(s)
@@ -122,7 +119,7 @@ def main(argv=None):
     coef = jnp.asarray(np.random.default_rng(0).normal(size=(n,) + coef_shape), dtype=dtype)
 
     def stage_eval(c):  # model image only (separable evaluation)
-        return basis.evaluate(c, jnp.arange(side, dtype=dtype), jnp.arange(side, dtype=dtype))
+        return basis.evaluate(c, np.arange(side, dtype=dtype), np.arange(side, dtype=dtype))
 
     edges = (plan.diag_y, plan.diag_x)
 
@@ -168,8 +165,8 @@ def main(argv=None):
 
     def stage_prepare(s):  # the library's own "everything before the solve", if it has one
         hyper = jm._hyperparameters(config, dtype, None, None, None)
-        fit = jm.prepare_fit(ref, s, hyper, bits_r, bits_s, config, plan)
-        return fit["z"], fit["sqrt_w"], fit["design"]
+        fit = jm.prepare_fit(ref, s, hyper, bits_r, bits_s, config, plan, with_diff_im_var=True)
+        return fit["z"], fit["sqrt_w"], fit["diff_im_var"]
 
     def full_match():
         return jaxmatch.match(ref, sci, config, raise_on_failure=False)
@@ -179,19 +176,10 @@ def main(argv=None):
         ("floor: sci + ref (jit)", vm(stage_floor_add), (sci,)),
         ("diff + usable + 1 masked cell sum", vm(stage_diff_sum), (sci,)),
         (f"grid {config.gridStatistic} (fit grid)", vm(stage_grid), (sci,)),
-        *(
-            [("grid MEANCLIP, one-pass sketch", vm(stage_grid_sketch), (sci,))]
-            if config.gridStatistic == "MEANCLIP" and equal_bins
-            else []
-        ),
         ("diffImVar alone (MEANCLIP of var)", vm(stage_diffimvar), (sci,)),
-        ("diffImVar, one-pass sketch", vm(stage_diffimvar_sketch), (sci,)),
-        (f"grid {config.gridStatistic} + diffImVar", vm(stage_grid_diag), (sci,)),
-        *(
-            [("prepare_fit (all before the solve)", vm(stage_prepare), (sci,))]
-            if hasattr(jm, "prepare_fit")
-            else []
-        ),
+        (f"grid {config.gridStatistic}, then diffImVar", vm(stage_grid_diag), (sci,)),
+        (f"grid {config.gridStatistic} + diffImVar, shared", vm(stage_grid_pooled), (sci,)),
+        ("prepare_fit (all before the solve)", vm(stage_prepare), (sci,)),
         ("solve alone (QR on the grid)", vm(stage_solve), (z, sw)),
         ("model evaluation alone", vm(stage_eval), (coef,)),
         ("model + matched + MSE + fitRMS", vm(stage_eval_add), (coef, sci)),

@@ -12,6 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 from run import table_rows
 
 
@@ -114,6 +115,31 @@ def fit_table(rows):
     return "\n".join(lines)
 
 
+def slope_table(rows):
+    """Least-squares line ``t = a + b · N·H·W`` through the jaxmatch times of each
+    (config, dtype) with at least 3 sizes: is the total time linear in the pixels?"""
+    lines = [
+        "| config | dtype | cases | slope ns/pixel | intercept s | R² | worst |residual| / t |",
+        "|" + "---|" * 7,
+    ]
+    jax_rows = [r for r in rows if r["method"] == "jaxmatch"]
+    for key in dict.fromkeys((r["config"], r["dtype"]) for r in jax_rows):
+        sub = [r for r in jax_rows if (r["config"], r["dtype"]) == key]
+        pixels = np.array([r["n"] * r["side"] ** 2 for r in sub], dtype=float)
+        if len(np.unique(pixels)) < 3:
+            continue
+        t = np.array([r["median_s"] for r in sub])
+        b, a = np.polyfit(pixels, t, 1)
+        fit = a + b * pixels
+        r2 = 1 - np.sum((t - fit) ** 2) / np.sum((t - t.mean()) ** 2)
+        worst = np.max(np.abs(t - fit) / t)
+        lines.append(
+            f"| {key[0]} | {key[1]} | {len(sub)} | {b * 1e9:.2f} | {a:.3f} | {r2:.4f} "
+            f"| {worst:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results")
@@ -128,6 +154,8 @@ def main(argv=None):
         f"photutils {m['versions']['photutils']}.\n"
     )
     print(compact_table(res["rows"]) if args.compact else full_table(res["rows"]))
+    print("\nTotal time against N·H·W (jaxmatch):\n")
+    print(slope_table(res["rows"]))
     if res.get("skipped"):
         print("\nSkipped:\n")
         for s in res["skipped"]:
