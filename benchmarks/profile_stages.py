@@ -29,7 +29,6 @@ from data import make_case  # noqa: E402
 import jaxmatch  # noqa: E402
 from jaxmatch import _match as jm  # noqa: E402
 from jaxmatch._binning import (  # noqa: E402
-    grid_and_pooled_statistics,
     grid_statistics,
     split_cells,
 )
@@ -106,9 +105,8 @@ def main(argv=None):
     def stage_grid_pooled(s):  # the library's way: both in the same passes
         diff, usable = prep(s)
         var = ref.variance + s.variance
-        return grid_and_pooled_statistics(
-            diff, usable, var, usable & jnp.isfinite(var), plan.fit_y, plan.fit_x, *stat
-        )
+        pooled = (var, usable & jnp.isfinite(var))
+        return grid_statistics(diff, usable, plan.fit_y, plan.fit_x, *stat, pooled=pooled)
 
     def stage_diffimvar(s):
         diff, usable = prep(s)

@@ -295,45 +295,23 @@ def grid_statistics(
     num_sigma_clip: float | Array,
     num_iter: int,
     clip_sharpness: float | Array | None = None,
-) -> CellStats:
-    """Per-cell ``(value, s, m, n)``, each ``(ny, nx)``, of an image over usable pixels."""
-    cells, inside = split_cells(image, edges_y, edges_x)
-    use, _ = split_cells(usable, edges_y, edges_x)
-    return masked_statistic(
-        cells, use & inside, (1, 3), statistic, num_sigma_clip, num_iter, clip_sharpness
-    )
+    pooled: tuple[Array, Array] | None = None,
+) -> CellStats | tuple[CellStats, CellStats]:
+    """Per-cell ``(value, s, m, n)``, each ``(ny, nx)``, of an image over usable pixels.
 
-
-def grid_and_pooled_statistics(
-    image: Float[Array, "H W"],
-    usable: Bool[Array, "H W"],
-    pooled_image: Float[Array, "H W"],
-    pooled_usable: Bool[Array, "H W"],
-    edges_y: tuple[np.ndarray, np.ndarray],
-    edges_x: tuple[np.ndarray, np.ndarray],
-    statistic: str,
-    num_sigma_clip: float | Array,
-    num_iter: int,
-    clip_sharpness: float | Array | None = None,
-) -> tuple[CellStats, CellStats]:
-    """`grid_statistics` of ``image`` and the hard-clipped ``MEANCLIP`` of
-    ``pooled_image`` over the whole image, computed in the same data passes.
-
-    The fit grid's cells cover every pixel exactly once, so the pooled sums are the
-    sums of per-cell partial sums. Used for the fit grid and ``diffImVar`` together.
+    With ``pooled = (pooled_image, pooled_usable)`` (both ``(H, W)``), returns
+    ``(cell_stats, pooled_stats)``: also the hard-clipped ``MEANCLIP`` of
+    ``pooled_image`` over the whole image, computed in the same data passes (the
+    cells cover every pixel once, so its sums are sums of per-cell partial sums).
+    Used for the fit grid and ``diffImVar`` together.
     """
     cells, inside = split_cells(image, edges_y, edges_x)
     use, _ = split_cells(usable, edges_y, edges_x)
-    pooled_cells, _ = split_cells(pooled_image, edges_y, edges_x)
-    pooled_use, _ = split_cells(pooled_usable, edges_y, edges_x)
-    grid, pooled = _statistics_with_pooled(
-        cells,
-        use & inside,
-        (1, 3),
-        statistic,
-        num_sigma_clip,
-        num_iter,
-        clip_sharpness,
-        pooled=(pooled_cells, pooled_use & inside),
+    if pooled is not None:
+        pooled_cells, _ = split_cells(pooled[0], edges_y, edges_x)
+        pooled_use, _ = split_cells(pooled[1], edges_y, edges_x)
+        pooled = (pooled_cells, pooled_use & inside)
+    out = _statistics_with_pooled(
+        cells, use & inside, (1, 3), statistic, num_sigma_clip, num_iter, clip_sharpness, pooled
     )
-    return grid, pooled
+    return out[0] if pooled is None else tuple(out)

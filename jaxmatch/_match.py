@@ -28,7 +28,6 @@ from ._binning import (
     bin_edges,
     cell_centres,
     cell_edges,
-    grid_and_pooled_statistics,
     grid_statistics,
 )
 from ._chebyshev import term_mask
@@ -288,8 +287,9 @@ def prepare_fit(
 
     # Bin grid: value, error e = max(s, eps)/sqrt(m), weight (§3, §4).
     if with_diff_im_var:
-        (value, s, m, n), (var_value, _, _, _) = grid_and_pooled_statistics(
-            diff, usable, diff_var, usable & jnp.isfinite(diff_var), plan.fit_y, plan.fit_x, *stat
+        pooled = (diff_var, usable & jnp.isfinite(diff_var))
+        (value, s, m, n), (var_value, _, _, _) = grid_statistics(
+            diff, usable, plan.fit_y, plan.fit_x, *stat, pooled=pooled
         )
     else:
         value, s, m, n = grid_statistics(diff, usable, plan.fit_y, plan.fit_x, *stat)

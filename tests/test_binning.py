@@ -20,7 +20,6 @@ from jaxmatch._binning import (
     bin_edges,
     cell_centres,
     cell_edges,
-    grid_and_pooled_statistics,
     grid_statistics,
     masked_statistic,
     split_cells,
@@ -386,7 +385,7 @@ def test_gradients_finite_with_nan_inputs_and_empty_cells(statistic):
 # --------------------------------------------------------------------------------
 @pytest.mark.parametrize("grid", ["equal", "uneven"])
 @pytest.mark.parametrize("statistic", STATISTICS)
-def test_grid_and_pooled_statistics_equal_separate_computations(grid, statistic):
+def test_grid_statistics_with_a_pooled_stream_equal_separate_computations(grid, statistic):
     """The grid part equals `grid_statistics`; the pooled part equals the oracle's
     MEANCLIP of every pooled-usable pixel (each pixel counted once, also when the
     cells are padded). Tolerance: TOL value (same float64 sums, other order)."""
@@ -399,7 +398,7 @@ def test_grid_and_pooled_statistics_equal_separate_computations(grid, statistic)
     pooled[~pooled_ok] = np.nan
     args = (jnp.asarray(image), jnp.asarray(usable), jnp.asarray(pooled), jnp.asarray(pooled_ok))
     grid_part, pooled_part = jax.jit(
-        lambda *a: grid_and_pooled_statistics(*a, ey, ex, statistic, 2.0, 3)
+        lambda x, u, y, v: grid_statistics(x, u, ey, ex, statistic, 2.0, 3, pooled=(y, v))
     )(*args)
     alone = _grid_fn(_freeze(ey), _freeze(ex), statistic, 2.0, 3)(args[0], args[1])
     for q in range(4):
