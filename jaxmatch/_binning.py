@@ -271,19 +271,52 @@ def _statistics_with_pooled(
     return out
 
 
+def _order_keys(x: Array) -> Array:
+    """Signed integers of ``x``'s width that sort like the floats ``x`` (no NaN).
+
+    IEEE floats of one sign sort like their bit patterns; flipping all but the sign
+    bit of the negative ones makes the signed order match (``-0 < +0``). The map is
+    its own inverse. XLA's CPU sort is ~4x faster on integers than on floats (whose
+    comparator orders NaN).
+    """
+    int_type = {4: jnp.int32, 8: jnp.int64}[jnp.dtype(x.dtype).itemsize]
+    bits = lax.bitcast_convert_type(x, int_type)
+    return _flip_negative(bits)
+
+
+def _flip_negative(bits):
+    width = jnp.iinfo(bits.dtype).bits
+    return bits ^ ((bits >> (width - 1)) & jnp.iinfo(bits.dtype).max)
+
+
 def _median(x, usable, axes):
-    """Median over ``axes`` of the usable entries (mean of the middle two for even n)."""
+    """Median over ``axes`` of the usable entries (mean of the middle two for even n).
+
+    The middle values come from an integer sort of `_order_keys` (exact). Their
+    derivative is restored by ``v + (s - stop_gradient(s))`` with ``s`` the mean of
+    the entries equal to ``v``: 1 on the middle entry (shared among exact ties).
+    """
     other = [a for a in range(x.ndim) if a not in axes]
     perm = other + list(axes)
     xt = jnp.transpose(jnp.where(usable, x, jnp.inf), perm)
     ut = jnp.transpose(usable, perm)
     lead = xt.shape[: len(other)]
-    flat = jnp.sort(xt.reshape(lead + (-1,)), axis=-1)
-    n = jnp.sum(ut.reshape(lead + (-1,)), axis=-1)
+    flat = xt.reshape(lead + (-1,))
+    use = ut.reshape(lead + (-1,))
+    keys = lax.sort(lax.stop_gradient(_order_keys(flat)), dimension=flat.ndim - 1)
+    n = jnp.sum(use, axis=-1)
     lo = jnp.clip((n - 1) // 2, 0, flat.shape[-1] - 1)
     hi = jnp.clip(n // 2, 0, flat.shape[-1] - 1)
-    take = lambda i: jnp.take_along_axis(flat, i[..., None], axis=-1)[..., 0]  # noqa: E731
-    return jnp.where(n >= 1, 0.5 * (take(lo) + take(hi)), jnp.nan)
+
+    def middle(i):
+        key = jnp.take_along_axis(keys, i[..., None], axis=-1)
+        value = lax.bitcast_convert_type(_flip_negative(key), flat.dtype)
+        equal = use & (flat == value)
+        count = jnp.maximum(jnp.sum(equal, axis=-1), 1).astype(flat.dtype)
+        s = jnp.sum(jnp.where(equal, flat, 0), axis=-1) / count
+        return value[..., 0] + (s - lax.stop_gradient(s))
+
+    return jnp.where(n >= 1, 0.5 * (middle(lo) + middle(hi)), jnp.nan)
 
 
 def grid_statistics(
