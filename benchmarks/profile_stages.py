@@ -30,9 +30,10 @@ import jaxmatch  # noqa: E402
 from jaxmatch import _match as jm  # noqa: E402
 from jaxmatch._binning import (  # noqa: E402
     grid_statistics,
+    masked_statistic,
     split_cells,
 )
-from jaxmatch._diagnostics import centre_pixels, diff_im_var, fit_rms, matched_mse  # noqa: E402
+from jaxmatch._diagnostics import centre_pixels, fit_rms, matched_mse  # noqa: E402
 from jaxmatch._solve import solve_least_squares  # noqa: E402
 
 
@@ -92,6 +93,12 @@ def main(argv=None):
         cells, _ = split_cells(jnp.where(usable, diff, 0), plan.fit_y, plan.fit_x)
         return jnp.sum(cells, axis=(1, 3))
 
+    def diff_im_var(s):  # the MEANCLIP of the variance plane, on its own
+        _, usable = prep(s)
+        var = ref.variance + s.variance
+        ok = usable & jnp.isfinite(var)
+        return masked_statistic(var, ok, (0, 1), "MEANCLIP", nsig, config.numIter)[0]
+
     def stage_grid(s):
         diff, usable = prep(s)
         return grid_statistics(diff, usable, plan.fit_y, plan.fit_x, *stat)
@@ -99,8 +106,7 @@ def main(argv=None):
     def stage_grid_diag(s):  # the grid statistic plus diffImVar and matchedMSE passes
         diff, usable = prep(s)
         g = grid_statistics(diff, usable, plan.fit_y, plan.fit_x, *stat)
-        var = diff_im_var(ref.variance + s.variance, usable, nsig, config.numIter)
-        return g, var
+        return g, diff_im_var(s)
 
     def stage_grid_pooled(s):  # the library's way: both in the same passes
         diff, usable = prep(s)
@@ -109,8 +115,7 @@ def main(argv=None):
         return grid_statistics(diff, usable, plan.fit_y, plan.fit_x, *stat, pooled=pooled)
 
     def stage_diffimvar(s):
-        diff, usable = prep(s)
-        return diff_im_var(ref.variance + s.variance, usable, nsig, config.numIter)
+        return diff_im_var(s)
 
     basis = plan.basis
     coef_shape = basis.coefficient_shape

@@ -6,7 +6,8 @@ Definitions (docs/algorithm.md §8):
   ``[i·b, min((i+1)·b, L))`` with ≥ 2 usable pixels, ``Z`` their grid statistic;
 - ``matchedMSE = mean_usable (diff - M)²`` = ``mean((ref - matchedSci)²)``;
 - ``diffImVar`` = the ``MEANCLIP`` of the difference's variance plane over usable
-  pixels (finite variance), before the model is subtracted.
+  pixels (finite variance), before the model is subtracted: computed in the grid
+  statistic's own data passes (``grid_statistics(..., pooled=...)`` in `_binning`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jaxtyping import Array, Bool, Float
-
-from ._binning import masked_statistic
 
 
 def centre_pixels(edges: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -58,17 +57,3 @@ def matched_mse(
     return jnp.where(
         count > 0, jnp.sum(squares) / jnp.maximum(count, 1).astype(resid.dtype), jnp.nan
     )
-
-
-def diff_im_var(
-    diff_variance: Float[Array, "H W"],
-    usable: Bool[Array, "H W"],
-    num_sigma_clip: float,
-    num_iter: int,
-) -> Float[Array, ""]:
-    """Clipped mean of the difference image's variance plane over usable pixels [ADU²]."""
-    ok = usable & jnp.isfinite(diff_variance)
-    value, _, _, _ = masked_statistic(
-        diff_variance, ok, (0, 1), "MEANCLIP", num_sigma_clip, num_iter
-    )
-    return value

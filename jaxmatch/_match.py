@@ -24,12 +24,7 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, Float, Int
 
-from ._binning import (
-    bin_edges,
-    cell_centres,
-    cell_edges,
-    grid_statistics,
-)
+from ._binning import bin_edges, cell_centres, cell_edges, grid_statistics
 from ._chebyshev import term_mask
 from ._config import MatchBackgroundsConfig
 from ._diagnostics import centre_pixels, fit_rms, matched_mse
@@ -55,8 +50,8 @@ FITTED = (SUCCESS, NAN_DIAGNOSTIC)
 
 
 def fitted(status: Array) -> Array:
-    """``True`` where the model is valid and was applied (status 0 or 4)."""
-    return (status == SUCCESS) | (status == NAN_DIAGNOSTIC)
+    """``True`` where the model is valid and was applied (a status in `FITTED`)."""
+    return jnp.isin(status, jnp.asarray(FITTED))
 
 
 # λ_floor: fills missing bins smoothly in the spline fit (§6); for Chebyshev it
@@ -199,11 +194,9 @@ def _active_terms(config, valid, design=None):
         under = (mx <= order_x) | (my <= order_y)
         eff_x = jnp.where(reduce, jnp.minimum(order_x, mx - 1), order_x)
         eff_y = jnp.where(reduce, jnp.minimum(order_y, my - 1), order_y)
-    p = jnp.arange(order_y + 1)[:, None]
-    q = jnp.arange(order_x + 1)[None, :]
+    p, q = np.arange(order_y + 1)[:, None], np.arange(order_x + 1)[None, :]
     base = jnp.asarray(term_mask(order_y, order_x, config.chebyshevTerms))
-    p_np, q_np = np.arange(order_y + 1)[:, None], np.arange(order_x + 1)[None, :]
-    degree = (p_np + q_np) if config.chebyshevTerms == "TOTAL" else np.maximum(p_np, q_np)
+    degree = (p + q) if config.chebyshevTerms == "TOTAL" else np.maximum(p, q)
     if config.chebyshevTerms == "TOTAL":
         active = base & (p + q <= eff)
     else:
@@ -213,9 +206,9 @@ def _active_terms(config, valid, design=None):
         rank_order = _determined_degree(design, valid, active, degree)
         if reduce:
             eff_y, eff_x = jnp.minimum(eff_y, rank_order), jnp.minimum(eff_x, rank_order)
-            active = active & (jnp.asarray(degree) <= rank_order)
+            active = active & (degree <= rank_order)
         else:
-            under = under | jnp.any(active & (jnp.asarray(degree) > rank_order))
+            under = under | jnp.any(active & (degree > rank_order))
     return active, under & (not reduce), eff_y, eff_x, m
 
 
