@@ -33,6 +33,7 @@ from jaxmatch._binning import (  # noqa: E402
     masked_statistic,
     split_cells,
 )
+from jaxmatch._compile import CPU_REDUCTION_OPTIONS  # noqa: E402
 from jaxmatch._diagnostics import centre_pixels, fit_rms, matched_mse  # noqa: E402
 from jaxmatch._solve import solve_least_squares  # noqa: E402
 
@@ -110,8 +111,7 @@ def main(argv=None):
 
     def stage_grid_pooled(s):  # the library's way: both in the same passes
         diff, usable = prep(s)
-        var = ref.variance + s.variance
-        pooled = (var, usable & jnp.isfinite(var))
+        pooled = ((ref.variance, s.variance), None)  # over usable pixels, finite variance
         return grid_statistics(diff, usable, plan.fit_y, plan.fit_x, *stat, pooled=pooled)
 
     def stage_diffimvar(s):
@@ -174,7 +174,8 @@ def main(argv=None):
     def full_match():
         return jaxmatch.match(ref, sci, config, raise_on_failure=False)
 
-    vm = lambda f: jax.jit(jax.vmap(f))  # noqa: E731
+    # Compiled as the library compiles `match` (jaxmatch/_compile.py).
+    vm = lambda f: jax.jit(jax.vmap(f), compiler_options=CPU_REDUCTION_OPTIONS)  # noqa: E731
     stages = [
         ("floor: sci + ref (jit)", vm(stage_floor_add), (sci,)),
         ("diff + usable + 1 masked cell sum", vm(stage_diff_sum), (sci,)),

@@ -56,11 +56,12 @@ def split_cells(
     image: Float[Array, "H W"],
     edges_y: tuple[np.ndarray, np.ndarray],
     edges_x: tuple[np.ndarray, np.ndarray],
-) -> tuple[Array, Bool[Array, "ny sy nx sx"]]:
+) -> tuple[Array, np.ndarray]:
     """Cut an image into cells: ``(ny, sy, nx, sx)`` values and an in-cell mask.
 
     ``sy``/``sx`` are the largest cell sizes; positions beyond a shorter cell are
-    padding (mask False). Equal cells covering the image are a free reshape.
+    padding (mask False; a static NumPy array). Equal cells covering the image are
+    a free reshape.
     """
     (ys, ysz), (xs, xsz) = edges_y, edges_x
     h, w = image.shape
@@ -68,8 +69,7 @@ def split_cells(
     ny, nx = len(ys), len(xs)
     if np.all(ysz == sy) and np.all(xsz == sx) and ny * sy == h and nx * sx == w:
         cells = image.reshape(ny, sy, nx, sx)
-        inside = np.ones((ny, sy, nx, sx), dtype=bool)
-        return cells, jnp.asarray(inside)
+        return cells, np.ones((ny, sy, nx, sx), dtype=bool)
     iy = ys[:, None] + np.arange(sy)[None, :]
     ix = xs[:, None] + np.arange(sx)[None, :]
     in_y = np.arange(sy)[None, :] < ysz[:, None]
@@ -77,8 +77,7 @@ def split_cells(
     iy = np.minimum(iy, h - 1)
     ix = np.minimum(ix, w - 1)
     cells = image[iy[:, :, None, None], ix[None, None, :, :]]
-    inside = in_y[:, :, None, None] & in_x[None, None, :, :]
-    return cells, jnp.asarray(inside)
+    return cells, in_y[:, :, None, None] & in_x[None, None, :, :]
 
 
 def _sum_inner_axis_first(operands: tuple, axes: tuple[int, ...]) -> tuple:
@@ -156,70 +155,91 @@ def _mean_std(centre, n, s1, s2):
 def _clipped_moments(streams, axes, num_sigma_clip, num_iter):
     """Mean/std statistics of several data streams sharing one pass per iteration.
 
-    Each stream is ``(x, usable, clip, pooled, sharpness)``: values (unusable
-    entries may be NaN/inf), a bool mask, whether to sigma-clip (MEANCLIP), whether
-    to pool the statistic over *all* axes (one number) rather than reduce over
-    ``axes`` only, and the soft-clip sharpness β (None: the hard clip).
-    All streams have the same shape. Returns ``(value, s, m, n)`` per stream.
+    Each stream is ``(deviation, clip, pooled, sharpness)``: ``deviation(c)`` gives
+    ``x - c`` for a centre ``c`` (broadcast against ``x``), NaN where unusable;
+    whether to sigma-clip (MEANCLIP); whether to pool the statistic over *all* axes
+    (one number) rather than reduce over ``axes`` only; the soft-clip sharpness β
+    (None: the hard clip). All streams have the same shape. Returns
+    ``(value, s, m, n)`` per stream.
 
     Iteration 0 is the mean/std of the usable entries; each clip iteration keeps
     ``|x - μ| <= ν σ`` (or the soft weight ``sigmoid(β (ν - |x - μ|/σ))``) and keeps
     the previous set where σ = 0 or fewer than 2 entries would remain. The kept set
     is never stored: it is recomputed from the previous ``(μ, σ)`` inside the
-    reduction, whose sums are shifted by the previous mean (float32 accuracy).
+    reduction, whose sums are shifted by the previous mean (iteration 0: a rough
+    centre), for float32 accuracy.
+
+    The clipped streams run all their iterations, 0 included, in one loop, which
+    reads its arrays as they are in memory (unrolled passes, XLA re-derives a coded
+    array from the exposures' planes in each). Every per-pixel quantity in the loop
+    comes from ``deviation(centre)``, which changes each iteration, so none is
+    hoisted out of the loop and stored as an extra plane either.
     """
-    dtype = streams[0][0].dtype
     keep_dims = lambda a, pooled: a if pooled else jnp.expand_dims(a, axes)  # noqa: E731
+    dtype = streams[0][0](0.0).dtype
 
     def fold(a, pooled):
         return jnp.sum(a) if pooled else a
 
-    xs = [jnp.where(u, x, 0) for x, u, *_ in streams]  # double-where: no NaN anywhere
-    ws = [u.astype(dtype) for _, u, *_ in streams]
-    pooled = [stream[3] for stream in streams]
-    centres = [
-        _rough_centre(x, w, axes, functools.partial(fold, pooled=p))
-        for x, w, p in zip(xs, ws, pooled)
-    ]
-    devs = [x - keep_dims(c, p) for x, c, p in zip(xs, centres, pooled)]
-    sums = _power_sums(tuple(ws), tuple(devs), axes)
-    stats = []
-    for k, (c, p) in enumerate(zip(centres, pooled)):
-        n, s1, s2 = (fold(a, p) for a in sums[3 * k : 3 * k + 3])
-        value, s = _mean_std(c, n, s1, s2)
-        stats.append([value, s, n, n])
-
-    clipped = [k for k, stream in enumerate(streams) if stream[2]]
-    for _ in range(num_iter if clipped else 0):
-        trial_w, trial_d = [], []
-        for k in clipped:
-            value, s, _, _ = stats[k]
+    def one_pass(first, group, stats):
+        """New ``(value, s, m, n)`` of the streams ``group`` after one pass."""
+        weights, devs = [], []
+        for k, (value, s, _, _) in zip(group, stats):
+            deviation, _, pooled, sharpness = streams[k]
             ok_s = s > 0
-            centre = keep_dims(jnp.where(ok_s, value, 0.0), pooled[k])
-            scale = keep_dims(jnp.where(ok_s, s, 1.0), pooled[k])
-            d = xs[k] - centre
-            sharpness = streams[k][4]
+            centre = keep_dims(jnp.where(ok_s, value, 0.0), pooled)
+            scale = keep_dims(jnp.where(ok_s, s, 1.0), pooled)
+            d = deviation(centre)
+            use = ~jnp.isnan(d)
+            d = jnp.where(use, d, 0)  # double-where: no NaN in the sums or derivatives
             if sharpness is None:
-                t = ws[k] * (jnp.abs(d) <= num_sigma_clip * scale).astype(dtype)
+                t = use & (first | (jnp.abs(d) <= num_sigma_clip * scale))
+                t = t.astype(d.dtype)
             else:
                 z = jnp.abs(d) / scale
-                t = ws[k] * jax.nn.sigmoid(sharpness * (num_sigma_clip - z))
-            trial_w.append(t)
-            trial_d.append(d)
-        sums = _power_sums(tuple(trial_w), tuple(trial_d), axes)
-        for j, k in enumerate(clipped):
-            value, s, m, n = stats[k]
-            p = pooled[k]
-            mt, s1, s2 = (fold(a, p) for a in sums[3 * j : 3 * j + 3])
-            ok = (s > 0) & (mt >= 2)
+                soft = jax.nn.sigmoid(sharpness * (num_sigma_clip - z))
+                t = jnp.where(use, jnp.where(first, 1.0, soft), 0.0).astype(d.dtype)
+            weights.append(t)
+            devs.append(d)
+        sums = _power_sums(tuple(weights), tuple(devs), axes)
+        out = []
+        for j, (k, (value, s, m, n)) in enumerate(zip(group, stats)):
+            pooled = streams[k][2]
+            mt, s1, s2 = (fold(a, pooled) for a in sums[3 * j : 3 * j + 3])
             new_value, new_s = _mean_std(jnp.where(s > 0, value, 0.0), mt, s1, s2)
-            stats[k] = [
-                jnp.where(ok, new_value, value),
-                jnp.where(ok, new_s, s),
-                jnp.where(ok, mt, m),
-                n,
-            ]
-    return [tuple(st) for st in stats]
+            ok = first | ((s > 0) & (mt >= 2))
+            out.append(
+                (
+                    jnp.where(ok, new_value, value),
+                    jnp.where(ok, new_s, s),
+                    jnp.where(ok, mt, m),
+                    jnp.where(first, mt, n),
+                )
+            )
+        return out
+
+    def start(k):
+        """Before iteration 0: value = the rough centre (the shift), s = 1."""
+        deviation, _, pooled, _ = streams[k]
+        coded = deviation(jnp.zeros((), dtype))
+        use = ~jnp.isnan(coded)
+        x, w = jnp.where(use, coded, 0), use.astype(dtype)
+        centre = _rough_centre(x, w, axes, functools.partial(fold, pooled=pooled))
+        one, zero = jnp.ones_like(centre), jnp.zeros_like(centre)
+        return (centre, one, zero, zero)
+
+    stats = [None] * len(streams)
+    clipped = [k for k, stream in enumerate(streams) if stream[1] and num_iter > 0]
+    plain = [k for k in range(len(streams)) if k not in clipped]
+    if plain:
+        for k, st in zip(plain, one_pass(True, plain, [start(k) for k in plain])):
+            stats[k] = st
+    if clipped:
+        body = lambda i, st: one_pass(i == 0, clipped, st)  # noqa: E731
+        final = lax.fori_loop(0, num_iter + 1, body, [start(k) for k in clipped])
+        for k, st in zip(clipped, final):
+            stats[k] = st
+    return stats
 
 
 def masked_statistic(
@@ -248,26 +268,37 @@ def masked_statistic(
     Each clip iteration is one pass over ``x`` (see `_clipped_moments`).
     """
     (out,) = _statistics_with_pooled(
-        x, usable, axes, statistic, num_sigma_clip, num_iter, clip_sharpness
+        code_unusable(x, usable), axes, statistic, num_sigma_clip, num_iter, clip_sharpness
     )
     return out
 
 
+def code_unusable(x: Array, usable: Array | None) -> Array:
+    """``x`` with NaN at the unusable entries (``usable=None``: ``x`` is coded already).
+
+    The statistics read usability off the NaNs, so a usable entry must not be NaN
+    (it would be dropped); usable ±inf stay and make the statistic non-finite.
+    One coded array per stream is all a data pass reads.
+    """
+    return x if usable is None else jnp.where(usable, x, jnp.nan)
+
+
 def _statistics_with_pooled(
-    x, usable, axes, statistic, num_sigma_clip, num_iter, clip_sharpness=None, pooled=None
+    coded, axes, statistic, num_sigma_clip, num_iter, clip_sharpness=None, pooled=None
 ):
-    """`masked_statistic` of ``x``, and (optionally) the pooled, hard-clipped MEANCLIP
-    of a second array ``pooled = (y, usable_y)`` of the same shape, sharing the data
-    passes."""
+    """`masked_statistic` of the coded array ``coded``, and (optionally) the pooled,
+    hard-clipped MEANCLIP of a second stream of the same shape, given by its
+    deviation function ``pooled`` (see `_clipped_moments`), sharing the data passes."""
     if statistic not in ("MEAN", "MEDIAN", "MEANCLIP"):
         raise ValueError(f"unknown gridStatistic {statistic!r}")
-    streams = [(x, usable, statistic == "MEANCLIP", False, clip_sharpness)]
+    streams = [(lambda c: coded - c, statistic == "MEANCLIP", False, clip_sharpness)]
     if pooled is not None:
-        streams.append((pooled[0], pooled[1], True, True, None))
+        streams.append((pooled, True, True, None))
     out = _clipped_moments(streams, axes, num_sigma_clip, num_iter)
     if statistic == "MEDIAN":
         _, s, m, n = out[0]
-        out[0] = (_median(jnp.where(usable, x, 0), usable, axes), s, m, n)
+        usable = ~jnp.isnan(coded)
+        out[0] = (_median(jnp.where(usable, coded, 0), usable, axes), s, m, n)
     return out
 
 
@@ -321,30 +352,61 @@ def _median(x, usable, axes):
 
 def grid_statistics(
     image: Float[Array, "H W"],
-    usable: Bool[Array, "H W"],
+    usable: Bool[Array, "H W"] | None,
     edges_y: tuple[np.ndarray, np.ndarray],
     edges_x: tuple[np.ndarray, np.ndarray],
     statistic: str,
     num_sigma_clip: float | Array,
     num_iter: int,
     clip_sharpness: float | Array | None = None,
-    pooled: tuple[Array, Array] | None = None,
+    pooled: tuple[Array | tuple[Array, ...], Array | None] | None = None,
 ) -> CellStats | tuple[CellStats, CellStats]:
     """Per-cell ``(value, s, m, n)``, each ``(ny, nx)``, of an image over usable pixels.
 
-    With ``pooled = (pooled_image, pooled_usable)`` (both ``(H, W)``), returns
-    ``(cell_stats, pooled_stats)``: also the hard-clipped ``MEANCLIP`` of
-    ``pooled_image`` over the whole image, computed in the same data passes (the
-    cells cover every pixel once, so its sums are sums of per-cell partial sums).
-    Used for the fit grid and ``diffImVar`` together.
+    ``usable=None``: ``image`` is coded already, NaN where unusable (`code_unusable`).
+
+    With ``pooled = (terms, pooled_usable)``, returns ``(cell_stats, pooled_stats)``:
+    also the hard-clipped ``MEANCLIP``, over the whole image, of the pooled image
+    ``y = Σ terms`` (one ``(H, W)`` array or a tuple of them), counting the pixels
+    where ``pooled_usable`` (``None``: where ``image`` is usable) and ``y`` is
+    finite. It is computed in the same data passes (the cells cover every pixel
+    once, so its sums are sums of per-cell partial sums), and ``y`` is never
+    stored: each pass adds the terms. Used for the fit grid and ``diffImVar``.
     """
-    cells, inside = split_cells(image, edges_y, edges_x)
-    use, _ = split_cells(usable, edges_y, edges_x)
+
+    def cells_of(x):
+        return split_cells(x, edges_y, edges_x)
+
+    def coded_cells(x, use):
+        cells, inside = cells_of(code_unusable(x, use))
+        if inside.all():
+            return cells
+        return jnp.where(inside, cells, jnp.nan)  # padding of short cells: unusable
+
+    cells = coded_cells(image, usable)
+    deviation = None
     if pooled is not None:
-        pooled_cells, _ = split_cells(pooled[0], edges_y, edges_x)
-        pooled_use, _ = split_cells(pooled[1], edges_y, edges_x)
-        pooled = (pooled_cells, pooled_use & inside)
+        terms, pooled_usable = pooled
+        terms = terms if isinstance(terms, tuple) else (terms,)
+        term_cells = [cells_of(t)[0] for t in terms]
+        if pooled_usable is not None:
+            use_cells, inside = cells_of(pooled_usable)
+            use_cells = use_cells & inside
+
+        def deviation(c):
+            # The centre is taken off the first term, so nothing here is independent
+            # of it (see `_clipped_moments`); the grid's usable pixels are read off
+            # its own coded cells, which the same pass reads anyway.
+            d = term_cells[0] - c
+            for t in term_cells[1:]:
+                d = d + t
+            if pooled_usable is None:
+                use = ~jnp.isnan(cells - c)
+            else:
+                use = use_cells
+            return jnp.where(use & jnp.isfinite(d), d, jnp.nan)
+
     out = _statistics_with_pooled(
-        cells, use & inside, (1, 3), statistic, num_sigma_clip, num_iter, clip_sharpness, pooled
+        cells, (1, 3), statistic, num_sigma_clip, num_iter, clip_sharpness, deviation
     )
     return out[0] if pooled is None else tuple(out)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from jaxtyping import Array, Bool, Float
+
+from ._binning import _power_sums
 
 
 def centre_pixels(edges: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -42,18 +43,13 @@ def matched_mse(
     diff: Float[Array, "H W"],
     model_image: Float[Array, "H W"],
     usable: Bool[Array, "H W"],
-    count: Array | None = None,
 ) -> Float[Array, ""]:
-    """Mean of ``(diff - model)²`` over usable pixels [ADU²].
+    """Mean of ``(diff - model)²`` over usable pixels [ADU²]; NaN without any.
 
-    ``count``: the number of usable pixels, when already known (saves a pass).
+    One pass: the count and the sum of squares are one variadic reduction, into
+    which XLA fuses the residual (a plain sum of a full image goes, on CPU, to a
+    library kernel that first writes the squares to memory: ~4x slower).
     """
     resid = jnp.where(usable, jnp.where(usable, diff, 0) - model_image, 0)
-    count = jnp.sum(usable) if count is None else count
-    # The squared residuals are written out once (a vectorised elementwise loop, the
-    # separable model computed inline) and then summed as a plain array: on CPU, XLA
-    # runs a reduction with arithmetic fused into it as scalar code, ~3x slower.
-    (squares,) = lax.optimization_barrier((resid * resid,))
-    return jnp.where(
-        count > 0, jnp.sum(squares) / jnp.maximum(count, 1).astype(resid.dtype), jnp.nan
-    )
+    count, _, sum_sq = _power_sums((usable.astype(resid.dtype),), (resid,), (0, 1))
+    return jnp.where(count > 0, sum_sq / jnp.maximum(count, 1), jnp.nan)

@@ -58,6 +58,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from ._binning import grid_statistics
+from ._compile import filter_jit
 from ._config import MatchBackgroundsConfig
 from ._diagnostics import matched_mse
 from ._exposure import Exposure
@@ -120,7 +121,7 @@ def pair_overlaps(exposures: Exposure, config: MatchBackgroundsConfig) -> np.nda
     return np.asarray(_overlaps(exposures.mask, exposures.image, bits, config))
 
 
-@eqx.filter_jit
+@filter_jit
 def _overlaps(mask, image, bits, config):
     plan = plan_fit(config, image.shape[1:], config.binSize)
     fit_y, fit_x = plan.fit_y, plan.fit_x
@@ -229,7 +230,7 @@ def match_global(
     return _match_global(exposures, hyper, bits, config, structure, covariance)
 
 
-@eqx.filter_jit
+@filter_jit
 def _match_global(exposures, hyper, bits, config, structure, with_covariance):
     pairs = np.asarray(structure[0], dtype=np.int64).reshape(-1, 2)
     groups, gauge = np.asarray(structure[1]), np.asarray(structure[2])

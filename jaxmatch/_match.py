@@ -24,8 +24,9 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, Float, Int
 
-from ._binning import bin_edges, cell_centres, cell_edges, grid_statistics
+from ._binning import bin_edges, cell_centres, cell_edges, code_unusable, grid_statistics
 from ._chebyshev import term_mask
+from ._compile import filter_jit
 from ._config import MatchBackgroundsConfig
 from ._diagnostics import centre_pixels, fit_rms, matched_mse
 from ._exposure import Exposure
@@ -262,30 +263,34 @@ def prepare_fit(
 ) -> dict:
     """Everything of one exposure's fit up to the solve (docs/algorithm.md §1-6).
 
-    Returns a dict: ``diff``, ``diff_var``, ``usable`` (H, W); the bin grid
+    Returns a dict: ``diff`` (H, W), NaN where unusable, and ``usable``; the bin grid
     ``value``, ``err``, ``valid``, ``sqrt_w`` (normalised √w̃) and ``z`` (ny, nx);
     the least-squares pieces ``design`` (ny·nx, K), ``penalty``, ``sqrt_mu``,
     ``active`` (K,), ``sqrt_eps``; and ``under``, ``orders``, ``m_min``, ``n_valid``.
     With ``with_diff_im_var``, also ``diff_im_var`` (§8), computed in the same data
-    passes as the grid statistic. ``n_usable``: the number of usable pixels.
+    passes as the grid statistic.
     ``hyper`` holds the continuous hyperparameters as arrays: ``roughness``,
     ``num_sigma_clip`` and ``clip_sharpness`` (None for the hard clip).
     """
     dtype = sci.image.dtype
     diff = ref.image - sci.image
-    diff_var = ref.variance + sci.variance
     usable = ((ref.mask & bits_ref) == 0) & ((sci.mask & bits_sci) == 0) & jnp.isfinite(diff)
     roughness, nsig = hyper["roughness"], hyper["num_sigma_clip"]
     stat = (config.gridStatistic, nsig, config.numIter, hyper["clip_sharpness"])
 
+    # The difference is written once, NaN where unusable: the later passes over the
+    # pixels read it instead of two images and two mask planes.
+    diff = code_unusable(diff, usable)
+    usable = ~jnp.isnan(diff)
+
     # Bin grid: value, error e = max(s, eps)/sqrt(m), weight (§3, §4).
     if with_diff_im_var:
-        pooled = (diff_var, usable & jnp.isfinite(diff_var))
+        variances = (ref.variance, sci.variance)  # diffImVar: over usable, finite pixels
         (value, s, m, n), (var_value, _, _, _) = grid_statistics(
-            diff, usable, plan.fit_y, plan.fit_x, *stat, pooled=pooled
+            diff, None, plan.fit_y, plan.fit_x, *stat, pooled=(variances, None)
         )
     else:
-        value, s, m, n = grid_statistics(diff, usable, plan.fit_y, plan.fit_x, *stat)
+        value, s, m, n = grid_statistics(diff, None, plan.fit_y, plan.fit_x, *stat)
         var_value = None
     valid = n >= 2
     eps = config.gridStdevEpsilon
@@ -317,10 +322,8 @@ def prepare_fit(
     sqrt_eps = jnp.sqrt(RIDGE_PER_CELL * jnp.maximum(n_valid, 1).astype(dtype))
     return dict(
         diff=diff,
-        diff_var=diff_var,
         diff_im_var=var_value,
         usable=usable,
-        n_usable=jnp.sum(n),  # the fit cells cover every pixel once
         stat=stat,
         value=value,
         w_raw=w_raw,
@@ -435,12 +438,12 @@ def _match_one(ref, sci, hyper, bits_ref, bits_sci, config, plan):
     if _same_edges(plan.fit_y, plan.diag_y) and _same_edges(plan.fit_x, plan.diag_x):
         z_diag, valid_diag = value, valid
     else:
-        z_diag, _, _, n_diag = grid_statistics(diff, usable, plan.diag_y, plan.diag_x, *stat)
+        z_diag, _, _, n_diag = grid_statistics(diff, None, plan.diag_y, plan.diag_x, *stat)
         valid_diag = n_diag >= 2
     nan = jnp.asarray(jnp.nan, dtype=dtype)
     centres = [jnp.asarray(centre_pixels(e), dtype) for e in (plan.diag_y, plan.diag_x)]
     rms = jnp.where(ok, fit_rms(z_diag, valid_diag, basis.evaluate(coef, *centres)), nan)
-    mse = jnp.where(ok, matched_mse(diff, model, usable, fit["n_usable"]), nan)
+    mse = jnp.where(ok, matched_mse(diff, model, usable), nan)
     var = jnp.where(ok, fit["diff_im_var"], nan)
     status = jnp.where(ok & (jnp.isnan(rms) | jnp.isnan(var)), NAN_DIAGNOSTIC, status)
     grid_err = jnp.where(valid, err, jnp.nan)
@@ -465,7 +468,7 @@ def _same_edges(a, b) -> bool:
     return len(a[0]) == len(b[0]) and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
-@eqx.filter_jit
+@filter_jit
 def _match_batch(ref, sci, hyper, bits_ref, bits_sci, config, bin_size):
     plan = plan_fit(config, ref.image.shape, bin_size)
     fn = lambda s: _match_one(ref, s, hyper, bits_ref, bits_sci, config, plan)  # noqa: E731

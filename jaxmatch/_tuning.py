@@ -41,6 +41,7 @@ import optax
 from jaxtyping import Array, Float
 
 from ._binning import cell_centres
+from ._compile import filter_jit
 from ._config import MatchBackgroundsConfig
 from ._exposure import Exposure, stack_exposures
 from ._match import (
@@ -376,7 +377,7 @@ def tune(
             p, b, config, reference=reference, folds=folds, seed=seed, structure=structure
         )
 
-    @eqx.filter_jit
+    @filter_jit
     def step(p, state, b):
         traces[0] += 1  # runs only while tracing
         loss, grads = jax.value_and_grad(loss_fn)(p, b)
@@ -395,7 +396,7 @@ def tune(
             bar.set_postfix(loss=history[-1])
     if bar is not None:
         bar.close()
-    history.append(float(eqx.filter_jit(loss_fn)(params, batch)))
+    history.append(float(filter_jit(loss_fn)(params, batch)))
     new_config = params.to_config(config)
     return TuningResult(
         config=new_config,

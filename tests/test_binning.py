@@ -410,6 +410,35 @@ def test_grid_statistics_with_a_pooled_stream_equal_separate_computations(grid, 
     assert got[2] < pooled_ok.sum()  # the outlier was clipped: the pooled clip really ran
 
 
+def test_pooled_stream_given_as_terms_over_the_images_usable_pixels():
+    """``pooled=((a, b), None)`` (as for diffImVar: reference + science variance): the
+    MEANCLIP of ``a + b`` over the pixels where the (coded) image is usable and
+    ``a + b`` is finite. The passes add the terms after taking the centre off ``a``,
+    so the sums differ from the oracle's in rounding only: TOL value."""
+    shape, b, layout = GRIDS["uneven"]
+    image, usable, ey, ex = _grid_case(shape, b, layout, seed=7)
+    rng = np.random.default_rng(8)
+    first, second = rng.normal(30.0, 2.0, shape), rng.normal(20.0, 2.0, shape)
+    first[rng.random(shape) < 0.05] = np.inf  # a non-finite variance: left out
+    first[np.unravel_index(np.argmax(usable), shape)] = 500.0  # an outlier to clip
+    coded = np.where(usable, image, np.nan)
+    grid_part, pooled_part = jax.jit(
+        lambda x, p, q: grid_statistics(x, None, ey, ex, "MEANCLIP", 2.0, 3, pooled=((p, q), None))
+    )(jnp.asarray(coded), jnp.asarray(first), jnp.asarray(second))
+    alone = _grid_fn(_freeze(ey), _freeze(ex), "MEANCLIP", 2.0, 3)(
+        jnp.asarray(image), jnp.asarray(usable)
+    )
+    for q in range(4):
+        np.testing.assert_allclose(grid_part[q], alone[q], **TOL["float64", "value"])
+    total = first + second
+    ok = usable & np.isfinite(total)
+    expected = oracle.cell_statistic(total[ok], "MEANCLIP", 2.0, 3)
+    got = [float(pooled_part[q]) for q in range(3)]
+    np.testing.assert_allclose(got, expected, **TOL["float64", "value"])
+    assert float(pooled_part[3]) == ok.sum() < usable.sum()
+    assert got[2] < ok.sum()  # the outlier was clipped
+
+
 def _freeze(edges):
     return tuple(tuple(int(v) for v in a) for a in edges)
 
