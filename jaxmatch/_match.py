@@ -316,7 +316,7 @@ def prepare_fit(
         orders = jnp.stack([eff_y, eff_x]).astype(jnp.int32)
     else:
         m_min = jnp.minimum(jnp.sum(jnp.any(valid, 0)), jnp.sum(jnp.any(valid, 1)))
-        active = jnp.ones((ky, kx), dtype=bool)
+        active = np.ones((ky, kx), dtype=bool)  # static: the solve can use it
         under = jnp.zeros((), dtype=bool)
         orders = jnp.full((2,), -1, dtype=jnp.int32)
     sqrt_eps = jnp.sqrt(RIDGE_PER_CELL * jnp.maximum(n_valid, 1).astype(dtype))
@@ -353,8 +353,9 @@ def design_matrix(plan: _Plan, dtype) -> Array:
     return jnp.einsum("ap,bq->abpq", by, bx).reshape(-1, ky * kx)
 
 
-def penalty_rows(basis: Basis, dtype) -> tuple[Array, float]:
-    """Roughness operator ``D`` ``(P, K)`` with ``P(c) = |D c|²``, and its λ_floor (§5, §6).
+def penalty_rows(basis: Basis, dtype) -> tuple[np.ndarray, float]:
+    """Roughness operator ``D`` ``(P, K)`` with ``P(c) = |D c|²`` (a NumPy array, known
+    at trace time), and its λ_floor (§5, §6).
 
     Chebyshev: the order-weighted ridge ``Σ (p + q)² C[p, q]²`` (the constant is
     free); spline: second (degree 0: first) differences along each axis.
@@ -362,11 +363,11 @@ def penalty_rows(basis: Basis, dtype) -> tuple[Array, float]:
     ky, kx = basis.coefficient_shape
     if basis.kind == "CHEBYSHEV":
         pq = np.add.outer(np.arange(ky), np.arange(kx)).reshape(-1)
-        return jnp.asarray(np.diag(pq.astype(float)), dtype=dtype), CHEBYSHEV_ROUGHNESS_FLOOR
+        return np.diag(pq.astype(dtype)), CHEBYSHEV_ROUGHNESS_FLOOR
     degree = DEGREE[basis.style]
     dy, dx = difference_matrix(ky, degree), difference_matrix(kx, degree)
     rows = np.concatenate([np.kron(dy, np.eye(kx)), np.kron(np.eye(ky), dx)])
-    return jnp.asarray(rows, dtype=dtype), SPLINE_ROUGHNESS_FLOOR
+    return rows.astype(dtype), SPLINE_ROUGHNESS_FLOOR
 
 
 def _constant_coefficients(basis: Basis, dtype):
