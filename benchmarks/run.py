@@ -43,9 +43,9 @@ from configs import CONFIGS  # noqa: E402
 
 ITEMSIZE = {"float32": 4, "float64": 8}
 # Resident bytes per pixel of N·H·W, beyond the interpreter: inputs (image,
-# variance in dtype, int32 mask) + output + XLA's temporaries, which its memory
-# analysis puts at ~7 planes of dtype for MEANCLIP (more for MEDIAN's sort).
-BYTES_PER_PIXEL = {"float32": 4 + 4 + 4 + 4 + 7 * 4 + 16, "float64": 8 + 4 + 8 + 8 + 7 * 8 + 32}
+# variance in dtype, int32 mask) + output + XLA's temporaries (its memory analysis:
+# ~1 plane of dtype beyond the output for MEANCLIP, ~2 for MEDIAN) + the baselines'.
+BYTES_PER_PIXEL = {"float32": 4 + 4 + 4 + 4 + 2 * 4 + 16, "float64": 8 + 4 + 8 + 8 + 2 * 8 + 32}
 
 
 # --------------------------------------------------------------------------- machine

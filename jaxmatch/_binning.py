@@ -264,7 +264,8 @@ def masked_statistic(
     weight ``sigmoid(β (num_sigma_clip - |x - μ| / σ))``, so the statistic is
     differentiable in ``num_sigma_clip`` and β (the hard clip is the limit
     β → ∞); ``m`` is then the sum of the weights.
-    Unusable entries of ``x`` may be NaN/inf: they never reach the arithmetic.
+    Unusable entries of ``x`` may be NaN/inf: they never reach the arithmetic (a
+    NaN marked usable counts as unusable, see `code_unusable`).
     Each clip iteration is one pass over ``x`` (see `_clipped_moments`).
     """
     (out,) = _statistics_with_pooled(
@@ -307,8 +308,7 @@ def _order_keys(x: Array) -> Array:
 
     IEEE floats of one sign sort like their bit patterns; flipping all but the sign
     bit of the negative ones makes the signed order match (``-0 < +0``). The map is
-    its own inverse. XLA's CPU sort is ~4x faster on integers than on floats (whose
-    comparator orders NaN).
+    its own inverse.
     """
     int_type = {4: jnp.int32, 8: jnp.int64}[jnp.dtype(x.dtype).itemsize]
     bits = lax.bitcast_convert_type(x, int_type)
@@ -320,34 +320,85 @@ def _flip_negative(bits):
     return bits ^ ((bits >> (width - 1)) & jnp.iinfo(bits.dtype).max)
 
 
+def _unsigned_keys(x: Array) -> Array:
+    """Unsigned integers that sort like the floats ``x``: `_order_keys` with the sign
+    bit flipped (signed order → unsigned order)."""
+    keys = _order_keys(x)
+    unsigned = {jnp.int32: jnp.uint32, jnp.int64: jnp.uint64}[keys.dtype.type]
+    sign = jnp.asarray(1 << (jnp.iinfo(unsigned).bits - 1), unsigned)
+    return lax.bitcast_convert_type(keys, unsigned) ^ sign
+
+
+def _float_of_unsigned_key(key: Array, dtype) -> Array:
+    """Inverse of `_unsigned_keys`."""
+    sign = jnp.asarray(1 << (jnp.iinfo(key.dtype).bits - 1), key.dtype)
+    signed = {jnp.uint32: jnp.int32, jnp.uint64: jnp.int64}[key.dtype.type]
+    return lax.bitcast_convert_type(
+        _flip_negative(lax.bitcast_convert_type(key ^ sign, signed)), dtype
+    )
+
+
+MEDIAN_DIGIT_BITS = 4  # key bits found per pass: 2**4 - 1 counts in one reduction
+
+
 def _median(x, usable, axes):
     """Median over ``axes`` of the usable entries (mean of the middle two for even n).
 
-    The middle values come from an integer sort of `_order_keys` (exact). Their
-    derivative is restored by ``v + (s - stop_gradient(s))`` with ``s`` the mean of
-    the entries equal to ``v``: 1 on the middle entry (shared among exact ties).
+    Exact, without sorting: the lower middle value is the smallest key ``v`` (of
+    integer keys that order like the floats, `_unsigned_keys`) with more than
+    ``(n - 1) // 2`` usable keys ``<= v``, found most significant digit first:
+    each pass counts the keys below the 15 candidate thresholds of the next 4 bits
+    in one reduction (8 passes for float32, 16 for float64). The upper middle is
+    that value again or the next larger key (two more passes). On CPU this is ~10x
+    faster than XLA's sort of every cell. Unusable entries get the largest key,
+    which no usable value has, so the passes read one integer array only.
+
+    Derivative: 1 on the middle entry (shared among exact ties; 0 for ±inf).
     """
-    other = [a for a in range(x.ndim) if a not in axes]
-    perm = other + list(axes)
-    xt = jnp.transpose(jnp.where(usable, x, jnp.inf), perm)
-    ut = jnp.transpose(usable, perm)
-    lead = xt.shape[: len(other)]
-    flat = xt.reshape(lead + (-1,))
-    use = ut.reshape(lead + (-1,))
-    keys = lax.sort(lax.stop_gradient(_order_keys(flat)), dimension=flat.ndim - 1)
-    n = jnp.sum(use, axis=-1)
-    lo = jnp.clip((n - 1) // 2, 0, flat.shape[-1] - 1)
-    hi = jnp.clip(n // 2, 0, flat.shape[-1] - 1)
+    keep = lambda a: jnp.expand_dims(a, axes)  # noqa: E731
+    keys = _unsigned_keys(lax.stop_gradient(jnp.where(usable, x, 0)))
+    utype = keys.dtype
+    largest = jnp.asarray(jnp.iinfo(utype).max, utype)
+    keys = jnp.where(usable, keys, largest)
+    n = jnp.sum(usable, axis=axes)
+    rank_lo = jnp.maximum((n - 1) // 2, 0).astype(jnp.int32)
+    width, b = jnp.iinfo(utype).bits, MEDIAN_DIGIT_BITS
+    digits = jnp.arange(1, 2**b, dtype=utype)
 
-    def middle(i):
-        key = jnp.take_along_axis(keys, i[..., None], axis=-1)
-        value = lax.bitcast_convert_type(_flip_negative(key), flat.dtype)
-        equal = use & (flat == value)
-        count = jnp.maximum(jnp.sum(equal, axis=-1), 1).astype(flat.dtype)
-        s = jnp.sum(jnp.where(equal, flat, 0), axis=-1) / count
-        return value[..., 0] + (s - lax.stop_gradient(s))
+    def next_digit(i, prefix):
+        # Thresholds prefix + d·2^shift - 1, d = 1 .. 2^b - 1 (no overflow: the
+        # answer lies in [prefix, prefix + 2^(shift+b) - 1]).
+        shift = (width - b * (i + 1)).astype(utype)
+        thresholds = prefix[..., None] + (digits << shift) - 1  # (..., 2^b - 1)
+        below = tuple((keys <= keep(thresholds[..., d])).astype(jnp.int32) for d in range(2**b - 1))
+        counts = _sum_inner_axis_first(below, axes)
+        digit = sum((c <= rank_lo).astype(utype) for c in counts)
+        return prefix + (digit << shift)
 
-    return jnp.where(n >= 1, 0.5 * (middle(lo) + middle(hi)), jnp.nan)
+    v_lo = lax.fori_loop(0, width // b, next_digit, jnp.zeros(n.shape, utype))
+    at_most, above = _sum_and_min(
+        keys <= keep(v_lo), jnp.where(keys > keep(v_lo), keys, largest), axes
+    )
+    v_hi = jnp.where(at_most > n // 2, v_lo, above)
+
+    def value_of(v):
+        # value + Σ_equal (x - stop_gradient(x)) / count: the value itself (no sum of
+        # the equal entries that could overflow), derivative 1/count on each.
+        value = _float_of_unsigned_key(v, x.dtype)
+        equal = usable & (x == keep(value))
+        zero = jnp.where(equal & jnp.isfinite(x), x - lax.stop_gradient(x), 0)
+        count, total, _ = _power_sums((equal.astype(x.dtype),), (zero,), axes)
+        return value + total / jnp.maximum(count, 1)
+
+    return jnp.where(n >= 1, 0.5 * (value_of(v_lo) + value_of(v_hi)), jnp.nan)
+
+
+def _sum_and_min(flags, values, axes):
+    """``(Σ flags, min values)`` over ``axes`` in one pass (``flags`` bool)."""
+    flags = flags.astype(jnp.int32)
+    init = (jnp.zeros((), jnp.int32), jnp.asarray(jnp.iinfo(values.dtype).max, values.dtype))
+    combine = lambda a, c: (a[0] + c[0], jnp.minimum(a[1], c[1]))  # noqa: E731
+    return lax.reduce((flags, values), init, combine, axes)
 
 
 def grid_statistics(

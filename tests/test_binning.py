@@ -567,7 +567,12 @@ def test_order_keys_sort_like_the_floats_and_invert_exactly(dtype):
     subnormal, huge, ±inf), and the map is its own inverse (bit-exact values)."""
     from jax import lax
 
-    from jaxmatch._binning import _flip_negative, _order_keys
+    from jaxmatch._binning import (
+        _flip_negative,
+        _float_of_unsigned_key,
+        _order_keys,
+        _unsigned_keys,
+    )
 
     info = np.finfo(dtype)
     special = [-np.inf, -info.max, -1.5, -info.tiny / 4, -0.0, 0.0, info.tiny / 4, 2.0]
@@ -579,3 +584,44 @@ def test_order_keys_sort_like_the_floats_and_invert_exactly(dtype):
     np.testing.assert_array_equal(x[order], np.sort(x))
     back = lax.bitcast_convert_type(_flip_negative(jnp.asarray(keys)), x.dtype)
     np.testing.assert_array_equal(np.asarray(back).view(np.uint8), x.view(np.uint8))
+    # The unsigned form used by the digit search orders the same and inverts too.
+    ukeys = _unsigned_keys(jnp.asarray(x))
+    np.testing.assert_array_equal(x[np.argsort(np.asarray(ukeys), kind="stable")], np.sort(x))
+    back = _float_of_unsigned_key(ukeys, x.dtype)
+    np.testing.assert_array_equal(np.asarray(back).view(np.uint8), x.view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_median_is_exact_on_awkward_rows(dtype):
+    """MEDIAN (found digit by digit on integer keys, no sort) equals NumPy's median
+    exactly: rows with ties, ±0, subnormals, huge values, usable ±inf, NaN/inf
+    behind the mask, and 0, 1, 2, 3 and many usable entries."""
+    info = np.finfo(dtype)
+    rng = np.random.default_rng(3)
+    width = 40
+    rows, masks = [], []
+
+    def add(values, usable=None):
+        row = np.full(width, np.nan, dtype)
+        row[: len(values)] = values
+        ok = np.zeros(width, bool)
+        ok[: len(values)] = True if usable is None else usable
+        rows.append(row)
+        masks.append(ok)
+
+    add([])  # n = 0
+    add([3.5])
+    add([-0.0, 0.0])
+    add([info.tiny / 4, -info.tiny / 4, 0.0])
+    add([info.max, -info.max, info.max, 1.0])
+    add([np.inf, 1.0, 2.0])  # a usable inf
+    add([-np.inf, np.inf])  # the middle pair averages to NaN, as in NumPy
+    add(np.round(rng.normal(size=width) * 2))  # many ties
+    add(rng.normal(size=width - 1) * 1e3)  # odd n
+    add(rng.normal(size=width), rng.random(width) > 0.4)  # masked, even or odd
+    add(np.full(width, np.inf), np.arange(width) < 5)  # inf behind the mask
+    x, u = np.asarray(rows, dtype), np.asarray(masks)
+    got = np.asarray(_masked(jnp.asarray(x), jnp.asarray(u), (1,), "MEDIAN", 3.0, 2)[0])
+    with np.errstate(invalid="ignore"):
+        want = np.array([np.median(r[m]) if m.any() else np.nan for r, m in zip(x, u)])
+    np.testing.assert_array_equal(got, want.astype(dtype))
