@@ -349,8 +349,9 @@ def _median(x, usable, axes):
     ``(n - 1) // 2`` usable keys ``<= v``, found most significant digit first:
     each pass counts the keys below the 15 candidate thresholds of the next 4 bits
     in one reduction (8 passes for float32, 16 for float64). The upper middle is
-    that value again or the next larger key (two more passes). On CPU this is ~10x
-    faster than XLA's sort of every cell. Unusable entries get the largest key,
+    that value again or the next larger key (one more pass). On CPU this is ~5x
+    faster than XLA's sort of every cell (16 × 1024², 16 × 16 cells: 0.15 s
+    against 0.76 s). Unusable entries get the largest key,
     which no usable value has, so the passes read one integer array only.
 
     Derivative: 1 on the middle entry (shared among exact ties; 0 for ±inf).
