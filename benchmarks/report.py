@@ -41,6 +41,10 @@ def full_table(rows):
                     else (f"{_mb(r['rss_peak_bytes'])} r")
                 )
                 check = f"truth rms {r['truth_rms']:.3f}"
+                if r.get("gb_per_s") is not None:
+                    check += f"; {r['gb_per_s']:.1f} GB/s"
+                    if r.get("peak_fraction") is not None:
+                        check += f" = {100 * r['peak_fraction']:.0f} % of peak"
             elif r["method"] == "floor":
                 peak = f"{_mb(r['tracemalloc_peak_bytes'])} t"
                 check = f"{r['gb_per_s']:.1f} GB/s"

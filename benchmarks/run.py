@@ -163,6 +163,10 @@ def format_row(r):
         else:
             peak = f"{_mb(r['rss_peak_bytes'])}r"
         check = f"ok {r['status_ok']}/{r['n']}, truth rms {r['truth_rms']:.3f}"
+        if r.get("gb_per_s") is not None:
+            check += f", {r['gb_per_s']:.1f} GB/s"
+            if r.get("peak_fraction") is not None:
+                check += f" = {100 * r['peak_fraction']:.0f} % of peak"
     elif r["method"] in ("numpy", "photutils"):
         peak = f"{_mb(r['tracemalloc_peak_bytes'])}t/{_mb(r['rss_peak_bytes'])}r"
         check = f"ok {r['status_ok']}/{r['n']}, truth rms {r['truth_rms']:.3f}"
@@ -213,6 +217,13 @@ def main(argv=None):
     ap.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=None)
     ap.add_argument("--bin-size", type=int, default=None, help="default: side // 16")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per method")
+    ap.add_argument(
+        "--peak-gb-s",
+        type=float,
+        default=None,
+        help="the device's peak memory bandwidth [GB/s], for jaxmatch's fraction of it "
+        "(default: known GPUs by name, none on CPU)",
+    )
     ap.add_argument(
         "--max-time",
         type=float,
@@ -300,6 +311,7 @@ def main(argv=None):
             ",".join(cfgs),
             "--repeats",
             str(args.repeats),
+            *(["--peak-gb-s", str(args.peak_gb_s)] if args.peak_gb_s else []),
             "--max-time",
             str(args.max_time),
             "--result",

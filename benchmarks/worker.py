@@ -125,6 +125,7 @@ def run_config(case, name, args, pix):
         tracemalloc_peak_bytes=None,
         status_ok=int((status == 0).sum()),
         truth_rms=jax_truth,
+        **_bandwidth(case, statistics.median(times), args.peak_gb_s),
     )
     rows.append(jx)
 
@@ -233,6 +234,40 @@ def run_config(case, name, args, pix):
     return rows
 
 
+# Nominal peak memory bandwidth [GB/s] of some GPUs, by a substring of JAX's
+# `device_kind` (vendor data sheets); `--peak-gb-s` overrides or supplies it.
+PEAK_GB_S = {
+    "H200": 4800.0,
+    "H100 PCIe": 2000.0,
+    "H100": 3350.0,  # SXM, HBM3
+    "A100-SXM4-80GB": 2039.0,
+    "A100 80GB PCIe": 1935.0,
+    "A100": 1555.0,  # 40 GB
+    "L4": 300.0,
+    "V100": 900.0,
+}
+
+
+def _bandwidth(case, seconds, peak_gb_s=None):
+    """jaxmatch's effective bandwidth: the bytes a matcher must move at least (every
+    science and reference plane read once, the matched image written once) over its
+    time, and that as a fraction of the device's peak where the peak is known."""
+    planes = (case.sci_image, case.sci_mask, case.sci_var, case.ref_image, case.ref_mask)
+    nbytes = sum(a.nbytes for a in planes) + case.ref_var.nbytes + case.sci_image.nbytes
+    device = jax.devices()[0]
+    kind = getattr(device, "device_kind", "")
+    if peak_gb_s is None and device.platform == "gpu":
+        peak_gb_s = next((v for k, v in PEAK_GB_S.items() if k in kind), None)
+    gb_per_s = nbytes / seconds / 1e9
+    return dict(
+        device=f"{device.platform}: {kind}",
+        bytes_moved=nbytes,
+        gb_per_s=gb_per_s,
+        peak_gb_per_s=peak_gb_s,
+        peak_fraction=None if peak_gb_s is None else gb_per_s / peak_gb_s,
+    )
+
+
 def run_floor(case, args, pix):
     out = np.empty_like(case.sci_image)
     rows = []
@@ -287,6 +322,7 @@ def main(argv=None):
         action="store_false",
         help="skip XLA's memory analysis (it compiles match a second time)",
     )
+    ap.add_argument("--peak-gb-s", type=float, default=None)
     ap.add_argument("--result", required=True)
     args = ap.parse_args(argv)
     if args.dtype == "float64":
