@@ -15,7 +15,8 @@ These are per-program compiler options, not a process-wide flag: they apply to
 jaxmatch's own compiled programs only. JAX accepts them only on a top-level
 `jax.jit`, so when a jaxmatch entry point is called inside a user's `jit`,
 `grad` or `vmap`, it compiles without them (same results, slower reductions on
-CPU). Other backends ignore them.
+CPU). They are CPU options: with another default backend (GPU, TPU) the programs
+are compiled without them.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ def filter_jit(fun=None, /, **jit_kwargs):
     """`eqx.filter_jit` with `CPU_REDUCTION_OPTIONS` when called at top level.
 
     Two compiled versions share one Python function: the optimised one for direct
-    calls, the plain one when the call is itself being traced (where JAX refuses
-    compiler options). Usable as ``@filter_jit`` or ``filter_jit(fn, donate=...)``.
+    calls on CPU, the plain one when the call is itself being traced (where JAX
+    refuses compiler options) or the default backend is not the CPU. Usable as
+    ``@filter_jit`` or ``filter_jit(fn, donate=...)``.
     """
     if fun is None:
         return functools.partial(filter_jit, **jit_kwargs)
@@ -57,7 +59,7 @@ def filter_jit(fun=None, /, **jit_kwargs):
 
     @functools.wraps(fun)
     def call(*args, **kwargs):
-        if _under_a_transformation(args, kwargs):
+        if jax.default_backend() != "cpu" or _under_a_transformation(args, kwargs):
             return plain(*args, **kwargs)
         return fast(*args, **kwargs)
 

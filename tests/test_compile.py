@@ -81,3 +81,20 @@ def test_under_a_transformation_is_detected():
     jax.jit(lambda: seen.append(_under_a_transformation((x,), {})) or x)()  # constant input
     jax.grad(lambda y: seen.append(_under_a_transformation((y,), {})) or jnp.sum(y))(x)
     assert seen == [True, True, True]
+
+
+def test_other_backends_compile_without_the_cpu_options(monkeypatch):
+    """With a GPU/TPU default backend the plain version runs (the options are CPU's)."""
+    traces = []
+
+    def f(x):
+        traces.append(1)
+        return jnp.sum(x)
+
+    fast = filter_jit(f)
+    x = jnp.arange(4.0)
+    fast(x)
+    assert len(traces) == 1
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert float(fast(x)) == 6.0
+    assert len(traces) == 2  # the other (plain) version was traced and run
