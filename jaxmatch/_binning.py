@@ -176,7 +176,6 @@ def _clipped_moments(streams, axes, num_sigma_clip, num_iter):
     hoisted out of the loop and stored as an extra plane either.
     """
     keep_dims = lambda a, pooled: a if pooled else jnp.expand_dims(a, axes)  # noqa: E731
-    dtype = streams[0][0](0.0).dtype
 
     def fold(a, pooled):
         return jnp.sum(a) if pooled else a
@@ -221,9 +220,9 @@ def _clipped_moments(streams, axes, num_sigma_clip, num_iter):
     def start(k):
         """Before iteration 0: value = the rough centre (the shift), s = 1."""
         deviation, _, pooled, _ = streams[k]
-        coded = deviation(jnp.zeros((), dtype))
+        coded = deviation(0.0)  # the values themselves
         use = ~jnp.isnan(coded)
-        x, w = jnp.where(use, coded, 0), use.astype(dtype)
+        x, w = jnp.where(use, coded, 0), use.astype(coded.dtype)
         centre = _rough_centre(x, w, axes, functools.partial(fold, pooled=pooled))
         one, zero = jnp.ones_like(centre), jnp.zeros_like(centre)
         return (centre, one, zero, zero)
