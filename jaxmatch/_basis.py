@@ -231,5 +231,7 @@ def basis_from_fields(
     if kind == "CHEBYSHEV":
         return ChebyshevBasis(tuple(shape), order_y=order_y, order_x=order_x)  # type: ignore[arg-type]
     if kind == "SPLINE":
-        return SplineBasis(tuple(shape), style=style, knots_y=tuple(knots_y), knots_x=tuple(knots_x))  # type: ignore[arg-type]
+        return SplineBasis(
+            tuple(shape), style=style, knots_y=tuple(knots_y), knots_x=tuple(knots_x)
+        )  # type: ignore[arg-type]
     raise ValueError(f"kind must be one of {tuple(_FAMILIES)}, got {kind!r}")

@@ -154,8 +154,16 @@ class PreparedFit(_KeyAccess, eqx.Module):
         **{
             name: f"grid.{name}"
             for name in (
-                "diff", "value", "err", "valid", "w_raw", "sqrt_w", "z", "n_valid",
-                "diff_im_var", "usable",
+                "diff",
+                "value",
+                "err",
+                "valid",
+                "w_raw",
+                "sqrt_w",
+                "z",
+                "n_valid",
+                "diff_im_var",
+                "usable",
             )
         },
     }

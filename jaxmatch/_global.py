@@ -57,16 +57,16 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from ._batch import working_dtype
 from ._binning import grid_statistics
 from ._compile import filter_jit
 from ._config import MatchBackgroundsConfig
 from ._diagnostics import matched_mse
 from ._exposure import Exposure
-from ._batch import working_dtype
 from ._fit import hyperparameters, prepare_fit
+from ._model import BackgroundModel
 from ._plan import design_matrix, penalty_rows, plan_fit
 from ._status import NAN_DIAGNOSTIC, NO_OVERLAP, NONFINITE, SUCCESS, UNDERSAMPLED, check_result
-from ._model import BackgroundModel
 
 _log = logging.getLogger(__name__)
 
@@ -432,7 +432,9 @@ def _penalty_and_terms(config, plan, valid_union, dtype):
     n = len(valid_union)
     design = design_matrix(plan, dtype)
     terms = jax.vmap(lambda v: plan.basis.active_terms(config, v, design))(valid_union)
-    active = jnp.broadcast_to(jnp.asarray(terms.active).reshape(-1, rows.shape[1]), (n, rows.shape[1]))
+    active = jnp.broadcast_to(
+        jnp.asarray(terms.active).reshape(-1, rows.shape[1]), (n, rows.shape[1])
+    )
     return rows, floor, active, terms.undersampled
 
 

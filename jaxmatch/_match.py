@@ -318,9 +318,7 @@ def _set_rows(result: MatchResult, index: np.ndarray, rows: MatchResult) -> Matc
     """``result`` with the exposures ``index`` replaced by ``rows``; a field whose
     per-exposure shape differs (the re-binned grid) keeps its old value."""
     old, new = jax.tree.leaves(result), jax.tree.leaves(rows)
-    merged = [
-        a.at[index].set(b) if a.shape[1:] == b.shape[1:] else a for a, b in zip(old, new)
-    ]
+    merged = [a.at[index].set(b) if a.shape[1:] == b.shape[1:] else a for a, b in zip(old, new)]
     return jax.tree.unflatten(jax.tree.structure(result), merged)
 
 

@@ -80,9 +80,7 @@ def fit_status(
     return status.astype(jnp.int32)
 
 
-def diagnostic_status(
-    status: Int[Array, "*N"], *diagnostics: Array
-) -> Int[Array, "*N"]:
+def diagnostic_status(status: Int[Array, "*N"], *diagnostics: Array) -> Int[Array, "*N"]:
     """``NAN_DIAGNOSTIC`` where the fit succeeded and a diagnostic is NaN."""
     undefined = jnp.zeros(jnp.shape(status), bool)
     for value in diagnostics:

@@ -47,8 +47,8 @@ from ._exposure import Exposure, stack_exposures
 from ._fit import hyperparameters, prepare_fit, solve_prepared
 from ._match import match
 from ._plan import design_matrix, plan_fit
-from ._status import SUCCESS
 from ._reference import reference_costs, reference_statistics, soft_reference, softmin_weights
+from ._status import SUCCESS
 
 PARAMETERS = ("roughness", "numSigmaClip", "clipSharpness", "refWeights", "softminTemperature")
 _FIELDS = {

@@ -58,7 +58,9 @@ def sampled_extent(valid: Bool[Array, "ny nx"]) -> tuple[Int[Array, ""], Int[Arr
     return jnp.sum(jnp.any(valid, axis=1)), jnp.sum(jnp.any(valid, axis=0))
 
 
-def all_terms_active(valid: Bool[Array, "ny nx"], coefficient_shape: tuple[int, int]) -> ActiveTerms:
+def all_terms_active(
+    valid: Bool[Array, "ny nx"], coefficient_shape: tuple[int, int]
+) -> ActiveTerms:
     """The spline rule: every knot value is fitted (the penalty fills missing bins)."""
     my, mx = sampled_extent(valid)
     return ActiveTerms(
