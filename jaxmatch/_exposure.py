@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
 #: LSST's standard mask planes (name → bit number).
 DEFAULT_MASK_PLANES: dict[str, int] = {
@@ -209,3 +209,19 @@ def estimate_variance(
 def as_mask_planes(planes: Mapping[str, int] | None) -> dict[str, int]:
     """The plane dictionary, with the LSST default for None."""
     return dict(DEFAULT_MASK_PLANES if planes is None else planes)
+
+
+def usable_mask(
+    values: Float[Array, "*shape"], *planes: tuple[Int[Array, "*shape"], int | Array]
+) -> Bool[Array, "*shape"]:
+    """The usable pixels: ``values`` finite and no bad bit set in any mask plane.
+
+    Arguments:
+        values: the pixel values the statistic will read (an image or a difference).
+        planes: ``(mask, bits)`` pairs: a pixel is unusable where ``mask & bits != 0``
+            (``bits`` from `Exposure.bitmask` of ``badMaskPlanes``).
+    """
+    usable = jnp.isfinite(values)
+    for mask, bits in planes:
+        usable = usable & ((mask & bits) == 0)
+    return usable

@@ -57,27 +57,16 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from ._batch import working_dtype
 from ._binning import grid_statistics
 from ._compile import filter_jit
 from ._config import MatchBackgroundsConfig
 from ._diagnostics import matched_mse
 from ._exposure import Exposure
-from ._match import (
-    NAN_DIAGNOSTIC,
-    NO_OVERLAP,
-    NONFINITE,
-    SUCCESS,
-    UNDERSAMPLED,
-    _active_terms,
-    _hyperparameters,
-    _working_dtype,
-    check_result,
-    design_matrix,
-    penalty_rows,
-    plan_fit,
-    prepare_fit,
-)
+from ._fit import hyperparameters, prepare_fit
 from ._model import BackgroundModel
+from ._plan import design_matrix, penalty_rows, plan_fit
+from ._status import NAN_DIAGNOSTIC, NO_OVERLAP, NONFINITE, SUCCESS, UNDERSAMPLED, check_result
 
 _log = logging.getLogger(__name__)
 
@@ -217,9 +206,9 @@ def match_global(
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     if len(pairs) == 0:
         raise ValueError("no overlapping pairs: global matching needs at least one overlap")
-    dtype = _working_dtype(config, exposures)
+    dtype = working_dtype(config, exposures)
     exposures = jax.tree.map(lambda a: a.astype(dtype) if a.dtype.kind == "f" else a, exposures)
-    hyper = _hyperparameters(config, dtype, roughness, num_sigma_clip, clip_sharpness)
+    hyper = hyperparameters(config, dtype, roughness, num_sigma_clip, clip_sharpness)
     plan_fit(config, exposures.image.shape[1:], config.binSize)  # eager shape checks
     bits = exposures.bitmask(config.badMaskPlanes)
     structure = (
@@ -329,9 +318,10 @@ def pair_data(exposures, pairs, hyper, bits, config, plan) -> dict:
     def pair_bins(ij):
         xi, xj = exposures[ij[0]], exposures[ij[1]]
         fit = prepare_fit(xi, xj, hyper, bits, bits, config, plan, with_diff_im_var=True)
-        var = fit["diff_im_var"]
-        e2 = jnp.where(fit["valid"], fit["err"] ** 2, 0.0).reshape(-1)
-        return fit["z"].reshape(-1), e2, fit["w_raw"].reshape(-1), fit["valid"].reshape(-1), var
+        grid = fit.grid
+        e2 = jnp.where(grid.valid, grid.err**2, 0.0).reshape(-1)
+        z, w_raw, valid = grid.z.reshape(-1), grid.w_raw.reshape(-1), grid.valid.reshape(-1)
+        return z, e2, w_raw, valid, grid.diff_im_var
 
     z, e2, w_pair, valid, pair_var = jax.lax.map(pair_bins, pairs)
     return dict(z=z, e2=e2, w_pair=w_pair, valid=valid, pair_var=pair_var)
@@ -369,7 +359,7 @@ def solve_pairs(w, z, valid, pairs, groups, gauge, hyper, config, plan, n, with_
     valid_union = valid_union.reshape((n, len(plan.fit_y[0]), len(plan.fit_x[0])))
     penalty_rows, floor, active, under = _penalty_and_terms(config, plan, valid_union, dtype)
     pen = penalty_rows.T @ penalty_rows
-    mu = hyper["roughness"] + floor
+    mu = hyper.roughness + floor
     bins_of = jnp.sum(valid_union.reshape(n, -1), axis=1)
     eps = 1e-10 * jnp.maximum(bins_of, 1).astype(dtype)
     diag = mu * pen[None] + eps[:, None, None] * jnp.eye(k, dtype=dtype)[None]
@@ -440,12 +430,12 @@ def _penalty_and_terms(config, plan, valid_union, dtype):
     """Penalty rows, λ_floor, active terms ``(N, K)`` and undersampled flags ``(N,)``."""
     rows, floor = penalty_rows(plan.basis, dtype)
     n = len(valid_union)
-    if plan.basis.kind == "CHEBYSHEV":
-        design = design_matrix(plan, dtype)
-        active, under, *_ = jax.vmap(lambda v: _active_terms(config, v, design))(valid_union)
-        return rows, floor, active.reshape(n, -1), under
-    k = int(np.prod(plan.basis.coefficient_shape))
-    return rows, floor, jnp.ones((n, k), bool), jnp.zeros(n, bool)
+    design = design_matrix(plan, dtype)
+    terms = jax.vmap(lambda v: plan.basis.active_terms(config, v, design))(valid_union)
+    active = jnp.broadcast_to(
+        jnp.asarray(terms.active).reshape(-1, rows.shape[1]), (n, rows.shape[1])
+    )
+    return rows, floor, active, terms.undersampled
 
 
 def _constraints(groups, gauge, mode, n, k) -> np.ndarray:

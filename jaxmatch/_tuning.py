@@ -44,16 +44,11 @@ from ._binning import cell_centres
 from ._compile import filter_jit
 from ._config import MatchBackgroundsConfig
 from ._exposure import Exposure, stack_exposures
-from ._match import (
-    SUCCESS,
-    _hyperparameters,
-    design_matrix,
-    match,
-    plan_fit,
-    prepare_fit,
-    solve_prepared,
-)
+from ._fit import hyperparameters, prepare_fit, solve_prepared
+from ._match import match
+from ._plan import design_matrix, plan_fit
 from ._reference import reference_costs, reference_statistics, soft_reference, softmin_weights
+from ._status import SUCCESS
 
 PARAMETERS = ("roughness", "numSigmaClip", "clipSharpness", "refWeights", "softminTemperature")
 _FIELDS = {
@@ -161,7 +156,7 @@ def _reference_and_science(params, batch: Exposure, config, reference):
 
 def _hyper(params, config, dtype):
     sharp = None if config.clipSharpness is None else params.clip_sharpness
-    return _hyperparameters(config, dtype, params.roughness, params.num_sigma_clip, sharp)
+    return hyperparameters(config, dtype, params.roughness, params.num_sigma_clip, sharp)
 
 
 def fold_labels(shape: tuple[int, int], folds: str | int = "checkerboard", seed: int = 0):
@@ -211,19 +206,19 @@ def heldout_loss(
 
     def one(s):
         fit = prepare_fit(ref, s, hyper, bits_ref, bits_sci, config, plan)
-        valid, z, err = fit["valid"], fit["z"], fit["err"]
+        valid, z, err = fit.grid.valid, fit.grid.z, fit.grid.err
         # One batched solve over the folds: fit without the fold, score on it.
         held = jnp.asarray(labels[None] == np.arange(int(labels.max()) + 1)[:, None, None])
 
         def score(held_f):
-            coef = solve_prepared(fit, jnp.where(held_f, 0.0, fit["sqrt_w"]))
+            coef = solve_prepared(fit, jnp.where(held_f, 0.0, fit.grid.sqrt_w))
             pred = plan.basis.evaluate(coef.reshape(ky, kx), cy, cx)
             chi = jnp.where(valid & held_f, (z - pred) / err, 0.0)
             return jnp.sum(chi * chi)
 
         total = jnp.sum(jax.vmap(score)(held))
-        ok = (fit["n_valid"] > 0) & ~fit["under"]
-        return total / jnp.maximum(fit["n_valid"], 1).astype(dtype), ok
+        ok = (fit.grid.n_valid > 0) & ~fit.terms.undersampled
+        return total / jnp.maximum(fit.grid.n_valid, 1).astype(dtype), ok
 
     per_exposure, ok = jax.vmap(one)(sci)
     return jnp.sum(jnp.where(ok, per_exposure, 0.0)) / jnp.maximum(jnp.sum(ok), 1).astype(dtype)
@@ -287,9 +282,9 @@ def insample_losses(
         ref,
         sci,
         config,
-        roughness=hyper["roughness"],
-        num_sigma_clip=hyper["num_sigma_clip"],
-        clip_sharpness=hyper["clip_sharpness"],
+        roughness=hyper.roughness,
+        num_sigma_clip=hyper.num_sigma_clip,
+        clip_sharpness=hyper.clip_sharpness,
         raise_on_failure=False,
     )
     ok = out.status == SUCCESS

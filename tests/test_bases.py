@@ -18,26 +18,13 @@ import pytest
 from jax.test_util import check_grads
 from numpy.polynomial import chebyshev as npcheb
 from scipy.interpolate import Akima1DInterpolator
+from tolerances import TOL
 
 from jaxmatch._chebyshev import chebyshev_matrix, term_mask, to_unit_interval
 from jaxmatch._model import BackgroundModel, Basis
 from jaxmatch._spline import cardinal_basis, difference_matrix, knots
 
-# Tolerances, keyed by (dtype, what is compared). Why each number:
-# - value: the same few float64 operations on O(1..10) numbers in both codes; the
-#   natural spline adds a (k-2)x(k-2) diagonally dominant solve (condition < 10):
-#   errors ~1e-15, 1e-12 leaves margin.
-# - akima: jaxmatch and SciPy build the same piecewise cubic by different formulas;
-#   extrapolating a cubic a few knots out multiplies rounding by ~1e3: 1e-10.
-# - transform: jit/vmap may reorder a sum or fuse a multiply-add: last bits only.
-# - grad: central differences with eps = 1e-5: truncation ~eps² f''' ~ 1e-10,
-#   rounding ~1e-16 / eps ~ 1e-11; 1e-7 is well above both.
-TOL = {
-    ("float64", "value"): dict(rtol=1e-12, atol=1e-12),
-    ("float64", "akima"): dict(rtol=1e-10, atol=1e-10),
-    ("float64", "transform"): dict(rtol=1e-13, atol=1e-13),
-    ("float64", "grad"): dict(rtol=1e-7, atol=1e-7),
-}
+# Tolerances: tests/tolerances.py.
 GRAD_EPS = 1e-5
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import oracle
 import pytest
 from jax.test_util import check_grads
+from tolerances import TOL
 
 from jaxmatch._binning import (
     _power_sums,
@@ -25,23 +26,7 @@ from jaxmatch._binning import (
     split_cells,
 )
 
-# Tolerances, keyed by (dtype, what is compared). Why each number:
-# - value: the oracle runs the same float64 sums over O(1..100) data (a few rounding
-#   errors of 1e-16 each, MEANCLIP amplifies none of them), so 1e-12 leaves margin.
-# - transform: jit/vmap may fuse or reorder a reduction: last-bit differences only.
-# - grad: central differences with eps = 1e-5 have a truncation error ~eps² f''' and
-#   a rounding error ~1e-16 / eps ≈ 1e-11; 1e-7 is well above both.
-# - float32 mean: float32 cannot hold 1e4 better than its ulp 2**-10 ≈ 9.8e-4; the mean of
-#   the rounded inputs must be within 2 ulp of the float64 mean of the same inputs.
-# - float32 std: a shifted two-pass variance loses only (δ/σ)² with δ ≲ 1 ulp, σ = 1e-2:
-#   relative 1e-2 (a one-pass E[x²] - E[x]² would be off by orders of magnitude).
-TOL = {
-    ("float64", "value"): dict(rtol=1e-12, atol=1e-12),
-    ("float64", "transform"): dict(rtol=1e-13, atol=1e-13),
-    ("float64", "grad"): dict(rtol=1e-7, atol=1e-7),
-    ("float32", "mean"): dict(rtol=0.0, atol=2 * 2.0**-10),
-    ("float32", "std"): dict(rtol=1e-2, atol=0.0),
-}
+# Tolerances: tests/tolerances.py.
 GRAD_EPS = 1e-5
 STATISTICS = ("MEAN", "MEDIAN", "MEANCLIP")
 

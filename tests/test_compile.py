@@ -11,13 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tolerances import TOL as TOLERANCES
 
 from jaxmatch._compile import _under_a_transformation, filter_jit
 
-# A sum of 4096 float64 terms of size ~1 in another order differs by at most
-# ~4096 · 2**-53 ≈ 5e-13 relative: 1e-12 leaves margin and still catches any change
-# of value.
-TOL = dict(rtol=1e-12, atol=0.0)
+TOL = TOLERANCES["float64", "reordered-sum"]
 
 
 def _clipped_sum(x, c):

@@ -6,13 +6,11 @@ import numpy as np
 import pytest
 from helpers import make_pair_batch, oracle_kwargs
 from oracle import oracle_match
+from tolerances import TOL
 
 import jaxmatch as jm
 
-# Both implementations minimise the same objective (docs/algorithm.md §6), one by
-# QR and one by lstsq; the guarded problem has cond(A) ≲ 1e4, so float64 answers
-# agree to ~1e-12 relative. 1e-9 leaves room for summation order in the bins.
-RTOL, ATOL = 1e-9, 1e-9
+RTOL, ATOL = TOL["float64", "match-oracle"]["rtol"], TOL["float64", "match-oracle"]["atol"]
 
 SHAPE = (80, 96)  # 5 x 6 bins of 16: enough knots for AKIMA
 ODD_SHAPE = (75, 90)  # fit cells of 15 px (afw layout), diagnostic bins of 16 and a narrow last one

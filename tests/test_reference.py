@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
+from tolerances import TOL
 
 from jaxmatch._reference import (
     reference_costs,
@@ -15,21 +16,6 @@ from jaxmatch._reference import (
 )
 
 # Tolerances, one table, each with its reason.
-TOL = {
-    # float64 vs NumPy float64: same sums, different order; a few ulps of
-    # error times the O(1) condition number of a centred variance.
-    "f64_value": dict(rtol=1e-12, atol=0.0),
-    # float32 statistics vs float64 on the *same* float32 inputs, level 1e4,
-    # scatter 0.1, 64x64 pixels: the centred sum of squares has a relative
-    # error of ~sqrt(n)·eps32 ≈ 1e-5 typically (n·eps32 ≈ 5e-4 worst case);
-    # a naive E[x²]-E[x]² would be off by ~1e3 relative (asserted below).
-    "f32_variance": dict(rtol=1e-4, atol=0.0),
-    # the mean: one rounding of 1e4 in float32 (6e-8) plus a small sum.
-    "f32_level": dict(rtol=1e-6, atol=0.0),
-    # central differences (eps 1e-4, float64): truncation O(eps²·f''') ≈ 1e-8
-    # on O(1) functions, round-off eps64/eps ≈ 1e-12; 1e-6 leaves margin.
-    "f64_grad": dict(atol=1e-6, rtol=1e-6, eps=1e-4),
-}
 
 W_LSST = dict(weight_coverage=0.4, weight_variance=0.4, weight_level=0.2)
 
@@ -84,7 +70,7 @@ def test_statistics_match_numpy_with_masks_and_nans(rng):
     for image, mask in zip(images, usable):
         got = statistics_jit(jnp.asarray(image), jnp.asarray(mask))
         assert all(g.dtype == jnp.float64 for g in got)
-        assert_close(got, np_statistics(image, mask), "f64_value")
+        assert_close(got, np_statistics(image, mask), ("float64", "reordered-sum"))
 
 
 def test_statistics_gradient_ignores_unusable_pixels(rng):
@@ -129,8 +115,8 @@ def test_statistics_float32_high_sky_level(rng):
     var32, level32, cov32 = statistics_jit(jnp.asarray(image32), jnp.asarray(usable))
     assert var32.dtype == level32.dtype == cov32.dtype == jnp.float32
     var64, level64, cov64 = np_statistics(image32.astype(np.float64), usable)
-    assert_close(var32, var64, "f32_variance")
-    assert_close(level32, level64, "f32_level")
+    assert_close(var32, var64, ("float32", "variance"))
+    assert_close(level32, level64, ("float32", "level"))
     assert float(cov32) == cov64
     # The test has teeth: the one-pass formula in float32 is wildly wrong here.
     x = jnp.asarray(image32)[jnp.asarray(usable)]
@@ -171,7 +157,7 @@ COVERAGE = np.array([500.0, 700.0, 1000.0])
 def test_costs_match_lsst(weights, winner):
     costs = costs_jit(jnp.asarray(VAR), jnp.asarray(LEVEL), jnp.asarray(COVERAGE), **weights)
     expected = np_lsst_costs(VAR, LEVEL, COVERAGE, **weights)
-    assert_close(costs, expected, "f64_value")
+    assert_close(costs, expected, ("float64", "reordered-sum"))
     assert int(select_jit(costs)) == int(np.nanargmin(expected))
     if winner is not None:
         assert int(select_jit(costs)) == winner
@@ -183,7 +169,7 @@ def test_costs_end_to_end_from_images(rng):
     costs = jax.jit(lambda *s: reference_costs(*s, **W_LSST))(*stats)
     oracle = np.array([np_statistics(i, u) for i, u in zip(images, usable)]).T
     expected = np_lsst_costs(*oracle, **W_LSST)
-    assert_close(costs, expected, "f64_value")
+    assert_close(costs, expected, ("float64", "reordered-sum"))
     assert int(jax.jit(select_reference)(costs)) == int(np.nanargmin(expected))
 
 
@@ -196,7 +182,9 @@ def test_missing_exposure_is_skipped():
     cov = np.insert(cov, 1, np.nan)
     costs = costs_jit(var, level, cov, **W_LSST)
     assert np.isnan(costs[1])
-    assert_close(costs, np_lsst_costs(var, level, cov, **W_LSST), "f64_value")  # NaN == NaN
+    assert_close(
+        costs, np_lsst_costs(var, level, cov, **W_LSST), ("float64", "reordered-sum")
+    )  # NaN == NaN
     assert int(select_jit(costs)) == int(np.nanargmin(np.asarray(costs)))
     assert int(select_jit(costs)) != 1
 
@@ -221,7 +209,9 @@ def test_zero_coverage_entry_does_not_normalise_others():
     weights = dict(weight_coverage=1.0, weight_variance=0.0, weight_level=0.0)
     costs = np.asarray(costs_jit(var, level, cov, **weights))
     assert np.isnan(costs[3])
-    assert_close(costs[:3], np_lsst_costs(VAR, LEVEL, COVERAGE, **weights), "f64_value")
+    assert_close(
+        costs[:3], np_lsst_costs(VAR, LEVEL, COVERAGE, **weights), ("float64", "reordered-sum")
+    )
     assert int(select_jit(costs)) == 2
 
 
@@ -229,7 +219,7 @@ def test_degenerate_normalisers_give_zero_terms():
     # all variances 0 and all levels 0: those terms are 0, not 0/0 = NaN.
     zeros = jnp.zeros(3)
     costs = costs_jit(zeros, zeros, jnp.asarray(COVERAGE), **W_LSST)
-    assert_close(costs, 0.4 * COVERAGE.min() / COVERAGE, "f64_value")
+    assert_close(costs, 0.4 * COVERAGE.min() / COVERAGE, ("float64", "reordered-sum"))
 
 
 def test_negative_levels_prefer_most_negative():
@@ -238,7 +228,7 @@ def test_negative_levels_prefer_most_negative():
     ones = np.ones(3)
     weights = dict(weight_coverage=0.0, weight_variance=0.0, weight_level=1.0)
     costs = costs_jit(ones, level, ones, **weights)
-    assert_close(costs, level / 5.0, "f64_value")
+    assert_close(costs, level / 5.0, ("float64", "reordered-sum"))
     assert int(select_jit(costs)) == 0
     # LSST's level / nanmax(level) divides by -1 and prefers the least negative.
     assert int(np.nanargmin(np_lsst_costs(ones, level, ones, **weights))) == 1
@@ -267,7 +257,7 @@ def test_softmin_sums_to_one_and_skips_nan(rng):
     np.testing.assert_allclose(jnp.sum(weights), 1.0, rtol=1e-15)  # 3 terms: a few ulps
     finite = np.array([0.3, 0.1, 0.7])
     plain = np.exp(-finite / 0.2) / np.exp(-finite / 0.2).sum()
-    assert_close(weights[jnp.array([0, 2, 3])], plain, "f64_value")
+    assert_close(weights[jnp.array([0, 2, 3])], plain, ("float64", "reordered-sum"))
     # no NaN in the gradient (w.r.t. T, NaN - c_min would leak through a
     # bare where), and none at all w.r.t. the skipped entries
     grad, grad_t = jax.jit(jax.grad(lambda c, t: softmin_weights(c, t) @ jnp.arange(5.0), (0, 1)))(
@@ -282,7 +272,7 @@ def test_soft_reference_ignores_bad_pixels_of_unweighted_exposures(rng):
     images[1, 2, 3] = np.nan
     weights = jnp.asarray([0.25, 0.0, 0.75])
     got = soft_reference(jnp.asarray(images), weights)
-    assert_close(got, 0.25 * images[0] + 0.75 * images[2], "f64_value")
+    assert_close(got, 0.25 * images[0] + 0.75 * images[2], ("float64", "reordered-sum"))
     # a NaN in a weighted exposure is not hidden
     images[2, 0, 0] = np.nan
     assert jnp.isnan(soft_reference(jnp.asarray(images), weights)[0, 0])
@@ -292,7 +282,7 @@ def test_soft_reference_ignores_bad_pixels_of_unweighted_exposures(rng):
 def test_softmin_gradients_match_finite_differences(rng):
     costs = jnp.asarray(rng.uniform(0.0, 1.0, 5))
     probe = jnp.asarray(rng.standard_normal(5))
-    tol = TOL["f64_grad"]
+    tol = TOL["float64", "fd-grad-cost"]
 
     @jax.jit  # check_grads calls it many times; compile once
     def loss(c, t):
@@ -323,7 +313,7 @@ def test_pipeline_gradients_match_finite_differences(rng):
         return jnp.sum(soft_reference(images / 100.0, softmin_weights(costs, temperature)) * probe)
 
     args = (images, 0.4, 0.4, 0.2, 0.3)
-    check_grads(loss, args, order=1, modes=("fwd", "rev"), **TOL["f64_grad"])
+    check_grads(loss, args, order=1, modes=("fwd", "rev"), **TOL["float64", "fd-grad-cost"])
     grads = jax.grad(loss, argnums=(0, 1, 2, 3, 4))(*args)
     assert all(np.all(np.isfinite(g)) for g in grads)
     assert all(np.any(np.asarray(g) != 0) for g in grads)  # every input matters

@@ -14,25 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
+from tolerances import TOL
 
 from jaxmatch._solve import _stacked, solve_least_squares
 from jaxmatch._spline import difference_matrix
 
-# Tolerances, keyed by (dtype, what is compared). Why each number:
-# - value: QR (here) and SVD (NumPy) of a system with cond ≲ 1e2 agree to
-#   cond · 1e-16 ≈ 1e-14 relative; 1e-11 leaves margin.
-# - guarded: a rank-deficient design held by √ε = 1e-5 · √m, compared along the
-#   directions the data determine: cond ≈ 1e5..1e6 there, so ≲ 1e-10 (the
-#   undetermined direction has its own, derived bound in the test).
-# - transform: jit/vmap may reorder the Householder sums: a few ulps of cond.
-# - grad: central differences with eps = 1e-6 on an O(1) smooth function:
-#   truncation ~eps² ≈ 1e-12, rounding ~1e-16 / eps ≈ 1e-10; 1e-7 is above both.
-TOL = {
-    ("float64", "value"): dict(rtol=1e-11, atol=1e-11),
-    ("float64", "guarded"): dict(rtol=1e-9, atol=1e-9),
-    ("float64", "transform"): dict(rtol=1e-12, atol=1e-12),
-    ("float64", "grad"): dict(rtol=1e-7, atol=1e-7),
-}
+# Tolerances: tests/tolerances.py.
 GRAD_EPS = 1e-6
 M, K = 10, 6  # cells, coefficients: one compiled shape for most tests
 
@@ -98,7 +85,7 @@ def test_matches_numpy_lstsq(variant):
     if variant == "all active":
         p["active"] = np.ones(K, bool)
     got = np.asarray(_solve_jit()(**_jnp(p)))
-    np.testing.assert_allclose(got, _reference(**p), **TOL["float64", "value"])
+    np.testing.assert_allclose(got, _reference(**p), **TOL["float64", "solve"])
     # Inactive columns are exactly 0, not just small.
     assert np.all(got[~p["active"]] == 0.0)
     assert np.all(got[p["active"]] != 0.0)
@@ -110,7 +97,7 @@ def test_zero_weight_rows_drop_out():
     p["values"] = np.where(p["sqrt_weights"] == 0, -3.0, p["values"])
     p["design"] = np.where((p["sqrt_weights"] == 0)[:, None], 1e3, p["design"])
     b = np.asarray(_solve_jit()(**_jnp(p)))
-    np.testing.assert_allclose(a, b, **TOL["float64", "value"])
+    np.testing.assert_allclose(a, b, **TOL["float64", "solve"])
 
 
 def test_normal_equations_hold():
@@ -186,7 +173,9 @@ def test_rank_deficient_design_is_guarded():
     )
     assert null_tol < 1e-4  # the guard still gives a usable answer
     determined = lambda c: np.array([c[0] + c[1], c[2], c[3], c[5]])  # noqa: E731
-    np.testing.assert_allclose(determined(got), determined(exact), **TOL["float64", "guarded"])
+    np.testing.assert_allclose(
+        determined(got), determined(exact), **TOL["float64", "solve-guarded"]
+    )
     assert abs(got[0] - got[1]) <= null_tol
     np.testing.assert_allclose(got, _reference(**p), rtol=0, atol=null_tol)
     # ε → 0 limit: the pseudo-inverse (minimum-norm) solution of the weighted problem.
@@ -199,7 +188,7 @@ def test_rank_deficient_design_is_guarded():
 def test_jit_and_vmap():
     p = _jnp(_problem())
     np.testing.assert_allclose(
-        _solve_jit()(**p), solve_least_squares(**p), **TOL["float64", "transform"]
+        _solve_jit()(**p), solve_least_squares(**p), **TOL["float64", "solve-transform"]
     )
     rng = np.random.default_rng(5)
     values = jnp.asarray(rng.normal(size=(3, M)))
@@ -224,7 +213,7 @@ def test_jit_and_vmap():
             for i in range(3)
         ]
     )
-    np.testing.assert_allclose(batched, singles, **TOL["float64", "transform"])
+    np.testing.assert_allclose(batched, singles, **TOL["float64", "solve-transform"])
 
 
 def test_gradients():
@@ -251,7 +240,7 @@ def test_gradients():
     fwd = jax.jit(jax.jacfwd(f, argnums=argnums))(*args)
     rev = jax.jit(jax.jacrev(f, argnums=argnums))(*args)
     for jf, jr in zip(fwd, rev, strict=True):
-        np.testing.assert_allclose(jf, jr, **TOL["float64", "transform"])
+        np.testing.assert_allclose(jf, jr, **TOL["float64", "solve-transform"])
         assert np.all(np.isfinite(jf))
     # The inactive coefficient is exactly 0 whatever the design.
     np.testing.assert_array_equal(fwd[0][~np.asarray(p["active"])], 0.0)
@@ -268,7 +257,7 @@ def test_gradients():
     )
     hat = np.linalg.solve(normal, b.T * w[None, :])
     jac = np.asarray(rev[1])
-    np.testing.assert_allclose(jac[act], hat, **TOL["float64", "value"])
+    np.testing.assert_allclose(jac[act], hat, **TOL["float64", "solve"])
     np.testing.assert_array_equal(jac[~act], 0.0)
 
 
@@ -296,9 +285,9 @@ def test_static_penalty_all_active_uses_an_equivalent_smaller_system():
     assert stack(static) == (M + K, K)  # the smaller system ...
     assert stack(traced) == (M + len(p["penalty"]) + K, K)  # ... instead of every row
     (c_static, cov_static), (c_rows, cov_rows) = solve(static, 0.7), solve(traced, 0.7)
-    np.testing.assert_allclose(c_static, _reference(**p), **TOL["float64", "value"])
-    np.testing.assert_allclose(c_static, c_rows, **TOL["float64", "value"])
-    np.testing.assert_allclose(cov_static, cov_rows, **TOL["float64", "value"])
+    np.testing.assert_allclose(c_static, _reference(**p), **TOL["float64", "solve"])
+    np.testing.assert_allclose(c_static, c_rows, **TOL["float64", "solve"])
+    np.testing.assert_allclose(cov_static, cov_rows, **TOL["float64", "solve"])
     grad = jax.jacfwd(lambda mu: solve(static, mu)[0])(0.7)
     fd = (solve(static, 0.7 + GRAD_EPS)[0] - solve(static, 0.7 - GRAD_EPS)[0]) / (2 * GRAD_EPS)
     np.testing.assert_allclose(grad, fd, **TOL["float64", "grad"])

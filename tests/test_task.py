@@ -28,6 +28,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tolerances import TOL
 
 from jaxmatch import (
     DEFAULT_MASK_PLANES,
@@ -51,24 +52,6 @@ DETECTED = 1 << DEFAULT_MASK_PLANES["DETECTED"]
 NO_DATA = 1 << DEFAULT_MASK_PLANES["NO_DATA"]
 
 # Tolerances, one table, each with its reason (float64 throughout, conftest).
-TOL = {
-    # `run` fits a batch of N under vmap, `matchBackgrounds` a batch of 1, with the
-    # same jitted engine: only the summation order of the vectorised reductions can
-    # differ, a few ulps on O(1e3) diagnostics (observed ~1e-15 relative).
-    "batched_vs_single": dict(rtol=1e-10, atol=0.0),
-    # model images are O(10) ADU; the same few-ulp argument (observed ~1e-14 ADU).
-    "model_image": dict(rtol=0.0, atol=1e-10),
-    # matched = sci + model is one float64 addition: exact up to an ulp.
-    "matched_image": dict(rtol=1e-14, atol=0.0),
-    # the cost from NumPy statistics: same formula, different summation order.
-    "cost": dict(rtol=1e-12, atol=1e-14),
-    # softmax at T = 1e-4 with cost gaps >= 0.1: the losers get exp(-1000) = 0.
-    "one_hot": dict(rtol=0.0, atol=1e-12),
-    # central differences with step 1e-5 on an O(1) loss: truncation O(h² f''') and
-    # round-off O(eps64 / h) are both < 1e-9 here (observed <= 2e-9 on a temperature
-    # gradient of 0.19); 1e-6 relative leaves margin and still fails for any real error.
-    "fd_grad": dict(rtol=1e-6, atol=1e-9, step=1e-5),
-}
 
 
 # ------------------------------------------------------------------------- data
@@ -166,9 +149,11 @@ def _assert_same_fit(a, b):
     """Two successful fit Structs give the same diagnostics and model image."""
     assert a.backgroundModel is not None and b.backgroundModel is not None
     for name in FIELDS:
-        np.testing.assert_allclose(getattr(a, name), getattr(b, name), **TOL["batched_vs_single"])
+        np.testing.assert_allclose(
+            getattr(a, name), getattr(b, name), **TOL["float64", "batched-vs-single"]
+        )
     np.testing.assert_allclose(
-        a.backgroundModel.getImage(), b.backgroundModel.getImage(), **TOL["model_image"]
+        a.backgroundModel.getImage(), b.backgroundModel.getImage(), **TOL["float64", "model-image"]
     )
 
 
@@ -351,7 +336,7 @@ def test_selectRefExposure_matches_numpy_cost(hand, case):
     assert np.sort(np_costs)[1] - np_costs.min() > 0.05
     # the task's cost (config weights → refWeights, in its order) on the same statistics
     np.testing.assert_allclose(
-        task.referenceCosts(*map(np.asarray, zip(*stats))), np_costs, **TOL["cost"]
+        task.referenceCosts(*map(np.asarray, zip(*stats))), np_costs, **TOL["float64", "cost"]
     )
     assert task.selectRefExposure(hand, None, DATASET) == expected
     assert task.metadata["refIndex"] == expected
@@ -432,7 +417,10 @@ def test_run_on_mixed_references_equals_pairwise_matching(patch_exposures, tmp_p
         assert np.ptp(model) > 1.0  # a real correction (backgrounds differ by ~20 ADU)
         # matchBackgrounds modified the science image in place: sci + model
         np.testing.assert_allclose(
-            sci.image, np.asarray(exps[i].image) + model, equal_nan=True, **TOL["matched_image"]
+            sci.image,
+            np.asarray(exps[i].image) + model,
+            equal_nan=True,
+            **TOL["float64", "matched-image"],
         )
         # a good match: the residual MSE is comparable to the difference's variance
         # (spec §8), here within 20 % (the simulated noise is Gaussian)
@@ -596,7 +584,9 @@ def test_soft_weights_are_one_hot_at_tiny_temperature(hand):
         task = eqx.tree_at(lambda t: t.refWeights, cold, _leaf(weights))
         best = task.selectRefExposure(hand, None, DATASET)
         assert best == expected
-        np.testing.assert_allclose(_soft_weights(task, batch), np.eye(3)[best], **TOL["one_hot"])
+        np.testing.assert_allclose(
+            _soft_weights(task, batch), np.eye(3)[best], **TOL["float64", "one-hot"]
+        )
         chosen.add(best)
     assert chosen == {0, 1, 2}
     # at the default temperature (0.05) the weights are soft
@@ -632,7 +622,7 @@ def test_gradients_wrt_task_leaves_match_finite_differences():
         return jnp.sum(weights * jnp.arange(3.0)) + jnp.mean(fit.matchedMSE) / 1000.0
 
     grads = eqx.filter_jit(eqx.filter_grad(loss))(task, batch)
-    h = TOL["fd_grad"]["step"]
+    h = TOL["float64", "fd-grad-loss"]["step"]
     for name, get in FLOAT_LEAVES.items():
         value = get(task)
         analytic = np.atleast_1d(np.asarray(get(grads)))
@@ -646,8 +636,8 @@ def test_gradients_wrt_task_leaves_match_finite_differences():
         np.testing.assert_allclose(
             analytic,
             numeric,
-            rtol=TOL["fd_grad"]["rtol"],
-            atol=TOL["fd_grad"]["atol"],
+            rtol=TOL["float64", "fd-grad-loss"]["rtol"],
+            atol=TOL["float64", "fd-grad-loss"]["atol"],
             err_msg=name,
         )
 
