@@ -400,7 +400,7 @@ def run_survey(
                 )
             )
             client = stack.enter_context(distributed.Client(cluster))
-        _announce(client)
+        _announce(client, dashboard=dashboard_address is not None)
         results = _gather(distributed, client, jobs, progress, on_result)
     survey = survey_table(results)
     if table is not None:
@@ -416,13 +416,17 @@ def _has_bokeh() -> bool:
     return True
 
 
-def _announce(client) -> None:
+def _announce(client, *, dashboard: bool = True) -> None:
     """Print the workers and the dashboard address; warn about multi-thread workers."""
     info = client.scheduler_info()
     nthreads = client.nthreads()
     link = None
-    if "dashboard" in info.get("services", {}):
-        with contextlib.suppress(Exception):
+    with contextlib.suppress(Exception):  # Dask serves its dashboard only with bokeh
+        if (
+            dashboard
+            and client.run_on_scheduler(_has_bokeh)
+            and "dashboard" in info.get("services", {})
+        ):
             link = client.dashboard_link
     where = f", dashboard {link}" if link else ""
     print(
