@@ -234,8 +234,9 @@ def test_killed_worker_loses_nothing(data, reference, client, tmp_path):
     assert not list((tmp_path / "killed").rglob(".*.tmp"))
 
 
-def test_bad_patches_are_reported_and_the_survey_goes_on(data, reference, client, capsys):
-    """Through the command line on a running scheduler: exit status 1, the table says why."""
+def test_bad_patches_are_reported_and_the_survey_goes_on(data, reference, capsys):
+    """The command line with its embedded cluster (one worker): exit status 1, the table
+    says why, the good patch is written."""
     out, table = data / "out-bad", data / "bad.json"
     code = main(
         [
@@ -245,8 +246,10 @@ def test_bad_patches_are_reported_and_the_survey_goes_on(data, reference, client
             str(data / "empty"),
             "--out",
             str(out),
-            "--scheduler",
-            client.scheduler.address,
+            "--workers",
+            "1",
+            "--dashboard-address",
+            "127.0.0.1:0",
             "--ref",
             REF,
             "--table",
@@ -348,8 +351,8 @@ def test_external_scheduler_and_worker(data, reference, tmp_path):
                 *(str(data / p) for p in PATCHES[:2]),
                 "--out",
                 str(out),
-                "--scheduler-file",
-                str(address_file),
+                "--scheduler",
+                address,
                 "--ref",
                 REF,
                 *FAST,
