@@ -484,8 +484,13 @@ def _result(future, job: PatchJob) -> PatchResult:
         return future.result()
     err = future.exception()
     name = type(err).__name__
-    if name == "KilledWorker":
-        message = f"the workers running this patch died repeatedly (out of memory?): {err}"
+    if name == "KilledWorker":  # Dask gave up after allowed-failures + 1 worker deaths
+        tries = getattr(err, "allowed_failures", -2) + 1
+        last = getattr(getattr(err, "last_worker", None), "address", "?")
+        message = (
+            f"{tries if tries > 0 else 'several'} workers died while matching this patch "
+            f"(out of memory?); the last one was {last}"
+        )
     else:
         message = f"{name}: {err}"
     return PatchResult(job.name, -1, " ".join(message.split()), (), 0, math.nan, 0, "")

@@ -18,6 +18,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import psutil
@@ -277,7 +278,7 @@ def test_bad_patches_are_reported_and_the_survey_goes_on(data, reference, capsys
     assert "failed: bad, empty" in captured.err
 
 
-def test_rerun_resumes_an_interrupted_survey(data, reference, client, surveyed, tmp_path):
+def test_rerun_resumes_an_interrupted_survey(data, reference, client, surveyed, tmp_path, capsys):
     """What a killed run leaves (a patch missing, one half written, a temporary file) is
     finished by a rerun with skip_existing, which keeps the files already written."""
     out = tmp_path / "out"
@@ -289,8 +290,19 @@ def test_rerun_resumes_an_interrupted_survey(data, reference, client, surveyed, 
     stale.write_bytes(b"half a file")
     kept = {p: p.stat().st_mtime_ns for p in (out / "p0").iterdir() if p.suffix == ".fits"}
     time.sleep(0.01)
-    table = run(data, out, client=client, skip_existing=True)
+    capsys.readouterr()
+    table = survey.run_survey(
+        [data / p for p in PATCHES],
+        out,
+        client=client,
+        options=FAST,
+        ref=REF,
+        skip_existing=True,
+        compilation_cache=data / "cache",
+        progress=True,
+    )
     assert set(table["patch_status"]) == {"ok"} and len(table) == 9
+    assert "patches: 100%" in capsys.readouterr().err  # the progress bar over the survey
     assert not stale.exists()
     for name in PATCHES:
         assert_same_outputs(out / name, reference / name)
@@ -444,6 +456,26 @@ def test_survey_table_masks_what_is_undefined(tmp_path):
     survey.write_table(table, tmp_path / "t.csv")
     lines = (tmp_path / "t.csv").read_text().splitlines()
     assert lines[1].startswith("p,a.fits,yes,,ok,0,") and lines[3].startswith("q,,,,failed,1,")
+
+
+def test_a_task_that_killed_its_workers_is_a_failed_patch():
+    """What Dask reports after allowed-failures worker deaths becomes the patch's row."""
+    from distributed import KilledWorker
+
+    class Failed:  # the two members of a distributed.Future that `_result` reads
+        status = "error"
+
+        def exception(self):
+            return KilledWorker("jaxmatch-patch-0-p", SimpleNamespace(address="tcp://h:1"), 3)
+
+    job = survey.PatchJob("p", "/data/p", "/out/p", ())
+    result = survey._result(Failed(), job)
+    assert result.exit_code == -1 and result.name == "p" and result.rows == ()
+    assert result.message == (
+        "4 workers died while matching this patch (out of memory?); the last one was tcp://h:1"
+    )
+    (row,) = survey.survey_table([result])
+    assert row["patch_status"] == "failed" and row["patch_exit"] == -1
 
 
 def test_without_dask_the_message_names_the_extra(monkeypatch, tmp_path, capsys):
