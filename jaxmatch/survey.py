@@ -183,34 +183,43 @@ def match_patch(job: PatchJob) -> PatchResult:
         _prepare_process(job.compilation_cache)
         start, compiles0 = time.perf_counter(), _COMPILES[0]
         table = Path(job.out) / PATCH_TABLE
-        exit_code, message, files = 1, "", []
+        files: list[Path] = []
+        rows: tuple[dict[str, Any], ...] = ()
         try:
             files = patch_files(job.folder)
+            argv = _match_argv(job, files, table)
+            table.unlink(missing_ok=True)  # an earlier run's table is no answer
+            exit_code, message = _call(cli.main, argv)
+            rows = _read_rows(table)
+        except _PatchError as err:
+            exit_code, message = err.args
         except OSError as err:
-            message = f"cannot list {job.folder}: {err.strerror or err}"
-        if files:
-            refs = [f for f in files if fnmatch.fnmatch(f.name, job.ref)] if job.ref else []
-            if len(refs) > 1:
-                exit_code = 2
-                message = f"--ref {job.ref!r} matches {len(refs)} files in {job.folder}"
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    table.unlink()
-                argv = ["match", *map(str, files), "--out", job.out, "--table", str(table)]
-                argv += ["--ref", str(refs[0])] if refs else []
-                exit_code, message = _call(cli.main, [*argv, *job.options])
-        elif not message:
-            message = f"no FITS file in {job.folder}"
+            exit_code, message = 1, f"{job.folder}: {err.strerror or err}"
         return PatchResult(
             name=job.name,
             exit_code=exit_code,
             message=message,
-            rows=_read_rows(table) if exit_code != 2 and files else (),
+            rows=rows,
             exposures=len(files),
             seconds=time.perf_counter() - start,
             compiles=_COMPILES[0] - compiles0,
             worker=f"{socket.gethostname()}:{os.getpid()}",
         )
+
+
+class _PatchError(Exception):
+    """``(exit status, message)`` of a patch that fails before the match command runs."""
+
+
+def _match_argv(job: PatchJob, files: list[Path], table: Path) -> list[str]:
+    """The match command line of a patch; `_PatchError` when it has none."""
+    if not files:
+        raise _PatchError(1, f"no FITS file in {job.folder}")
+    refs = [f for f in files if fnmatch.fnmatch(f.name, job.ref)] if job.ref else []
+    if len(refs) > 1:
+        raise _PatchError(2, f"--ref {job.ref!r} matches {len(refs)} files in {job.folder}")
+    argv = ["match", *map(str, files), "--out", job.out, "--table", str(table)]
+    return argv + (["--ref", str(refs[0])] if refs else []) + list(job.options)
 
 
 def _call(main: Callable[[list[str]], int], argv: list[str]) -> tuple[int, str]:
