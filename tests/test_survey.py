@@ -217,12 +217,12 @@ def test_killed_worker_loses_nothing(data, reference, client, tmp_path):
         deadline = time.monotonic() + 300
         while not killed and time.monotonic() < deadline and not job.done():
             if any(keys for keys in client.processing().values()):
-                time.sleep(0.3)  # into the patch, which is loading its programs
-                worker, keys = next(
-                    (w, k) for w, k in client.processing().items() if k and w in pids
-                )
-                os.kill(pids[worker], signal.SIGKILL)
-                killed = {"pid": pids[worker], "key": next(iter(keys))}
+                time.sleep(0.3)  # into the patch: importing jaxmatch, loading its programs
+                busy = [(w, k) for w, k in client.processing().items() if k and w in pids]
+                if busy:
+                    (worker, keys), *_ = busy
+                    os.kill(pids[worker], signal.SIGKILL)
+                    killed = {"pid": pids[worker], "key": next(iter(keys))}
             time.sleep(0.02)
         table = job.result(timeout=600)
     assert killed, "no patch was seen running"
