@@ -151,6 +151,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     common(match)
     match.set_defaults(func=_match)
+    from .rubin.demo import add_parser as add_lsst_demo
+
+    add_lsst_demo(sub)  # `jaxmatch lsst-demo` (jaxmatch/rubin/demo.py)
     return parser
 
 
