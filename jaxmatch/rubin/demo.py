@@ -45,9 +45,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--jobs", "-j", type=int, default=1, help="pipetask processes (1)")
     p.add_argument("--size", type=int, default=128, help="warp side in pixels (128)")
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    p.add_argument(
-        "--mode", choices=("REFERENCE", "GLOBAL"), default="REFERENCE", help="matchMode"
-    )
+    p.add_argument("--mode", choices=("REFERENCE", "GLOBAL"), default="REFERENCE", help="matchMode")
     # The core command's shared options are not used here; their defaults keep its
     # config parsing a no-op for this subcommand.
     p.set_defaults(func=_main, config=None, set=[], table=None, float64=False)
@@ -105,8 +103,14 @@ def make_demo_repo(repo, *, patches: int, visits: int, size: int, seed: int = 0)
                 path = Path(staging) / f"warp_patch{p}_visit{visit}.fits"
                 io.writeExposure(warp, path)
                 data_id = WarpDataId(
-                    _INSTRUMENT, visit, f"{_INSTRUMENT}-{_BAND}", _BAND,
-                    20260101 + v // 3, _SKYMAP, _TRACT, p,
+                    _INSTRUMENT,
+                    visit,
+                    f"{_INSTRUMENT}-{_BAND}",
+                    _BAND,
+                    20260101 + v // 3,
+                    _SKYMAP,
+                    _TRACT,
+                    p,
                 )
                 warps.append((path, data_id))
             sigma = float(np.sqrt(np.median(sim.variances[np.isfinite(sim.variances)])))
@@ -126,8 +130,21 @@ def pipetask_command(
     )
     if exe is None:
         raise RuntimeError('pipetask not found: pip install "jaxmatch[lsst]"')
-    cmd = [exe, "run", "-b", str(repo), "-i", INPUT_COLLECTION, "-o", output,
-           "-p", str(PIPELINE), "-j", str(jobs), "--register-dataset-types"]
+    cmd = [
+        exe,
+        "run",
+        "-b",
+        str(repo),
+        "-i",
+        INPUT_COLLECTION,
+        "-o",
+        output,
+        "-p",
+        str(PIPELINE),
+        "-j",
+        str(jobs),
+        "--register-dataset-types",
+    ]
     for key, value in (config or {}).items():
         cmd += ["-c", f"matchBackgrounds:{key}={value}"]
     return cmd
@@ -142,12 +159,17 @@ def run_demo(repo, *, patches=2, visits=4, jobs=1, size=128, seed=0, mode="REFER
 
     repo = Path(repo)
     t0 = time.perf_counter()
-    _, visit_ids, truths = make_demo_repo(repo, patches=patches, visits=visits, size=size, seed=seed)
+    _, visit_ids, truths = make_demo_repo(
+        repo, patches=patches, visits=visits, size=size, seed=seed
+    )
     t1 = time.perf_counter()
     bin_size = max(size // 8, 8)
     cmd = pipetask_command(repo, jobs=jobs, config={"binSize": bin_size, "matchMode": mode})
-    print(f"jaxmatch lsst-demo: {patches} patches x {visits} visits of {size}x{size} in {repo} "
-          f"({t1 - t0:.1f} s)\n$ {' '.join(cmd)}", flush=True)
+    print(
+        f"jaxmatch lsst-demo: {patches} patches x {visits} visits of {size}x{size} in {repo} "
+        f"({t1 - t0:.1f} s)\n$ {' '.join(cmd)}",
+        flush=True,
+    )
     env = dict(os.environ)
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     t2 = time.perf_counter()
@@ -158,8 +180,10 @@ def run_demo(repo, *, patches=2, visits=4, jobs=1, size=128, seed=0, mode="REFER
     butler = Butler.from_config(str(repo), collections=OUTPUT_COLLECTION)
     rows = read_results(butler, visit_ids, truths)
     _print(rows, truths)
-    print(f"\nThe repository works with plain butler commands, e.g.\n"
-          f"  butler query-datasets {repo} --collections {OUTPUT_COLLECTION}")
+    print(
+        f"\nThe repository works with plain butler commands, e.g.\n"
+        f"  butler query-datasets {repo} '*' --collections {OUTPUT_COLLECTION}"
+    )
     return rows
 
 
@@ -168,8 +192,9 @@ def read_results(butler, visit_ids, truths) -> list[dict]:
     rows = []
     for truth in truths:
         for v, visit in enumerate(visit_ids):
-            data_id = dict(instrument=_INSTRUMENT, visit=visit, skymap=_SKYMAP, tract=_TRACT,
-                           patch=truth.patch)
+            data_id = dict(
+                instrument=_INSTRUMENT, visit=visit, skymap=_SKYMAP, tract=_TRACT, patch=truth.patch
+            )
             diag = butler.get("deepCoadd_directWarp_jaxmatchDiagnostics", data_id)
             ref = visit_ids.index(diag["refVisit"])
             difference = truth.backgrounds[ref] - truth.backgrounds[v]
@@ -190,16 +215,22 @@ def _print(rows, truths) -> None:
 
     for truth in truths:
         print(f"\npatch {truth.patch} (noise sigma per pixel {truth.sigma:.2f} ADU)")
-        print(f"  {'visit':>6} {'ref':>4} {'fitRMS':>9} {'matchedMSE':>11} {'diffImVar':>10} "
-              f"{'before':>9} {'after':>9}")
+        print(
+            f"  {'visit':>6} {'ref':>4} {'fitRMS':>9} {'matchedMSE':>11} {'diffImVar':>10} "
+            f"{'before':>9} {'after':>9}"
+        )
         patch_rows = [r for r in rows if r["patch"] == truth.patch]
         for r in patch_rows:
-            print(f"  {r['visit']:>6} {'yes' if r['isReference'] else 'no':>4} "
-                  f"{fmt(r['fitRMS']):>9} {fmt(r['matchedMSE'], '.1f'):>11} "
-                  f"{fmt(r['diffImVar'], '.1f'):>10} {r['before']:>9.3f} {fmt(r['after']):>9}")
+            print(
+                f"  {r['visit']:>6} {'yes' if r['isReference'] else 'no':>4} "
+                f"{fmt(r['fitRMS']):>9} {fmt(r['matchedMSE'], '.1f'):>11} "
+                f"{fmt(r['diffImVar'], '.1f'):>10} {r['before']:>9.3f} {fmt(r['after']):>9}"
+            )
         others = [r for r in patch_rows if not r["isReference"]]
         before = float(np.sqrt(np.mean([r["before"] ** 2 for r in others])))
         fitted = [r["after"] for r in others if r["after"] is not None]
         after = float(np.sqrt(np.mean(np.square(fitted)))) if fitted else float("nan")
-        print(f"  background agreement with the reference (RMS, ADU): before {before:.3f}, "
-              f"after {after:.3f} ({len(fitted)}/{len(others)} fitted)")
+        print(
+            f"  background agreement with the reference (RMS, ADU): before {before:.3f}, "
+            f"after {after:.3f} ({len(fitted)}/{len(others)} fitted)"
+        )

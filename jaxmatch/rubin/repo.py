@@ -87,29 +87,73 @@ def register_dimensions(butler, data_ids: Iterable[WarpDataId], *, patches_per_s
     """
     data_ids = list(data_ids)
     records: dict[str, dict[tuple, dict]] = {
-        k: {} for k in ("instrument", "physical_filter", "day_obs", "visit", "skymap", "tract", "patch")
+        k: {}
+        for k in ("instrument", "physical_filter", "day_obs", "visit", "skymap", "tract", "patch")
     }
     for d in data_ids:
         if not 0 <= d.patch < patches_per_side**2:
             raise ValueError(f"{d}: patch must lie in [0, {patches_per_side**2})")
-        _add(records["instrument"], (d.instrument,), dict(
-            name=d.instrument, visit_max=2**31 - 1, exposure_max=2**31 - 1, detector_max=1000,
-            class_name="jaxmatch.rubin.repo.WarpDataId",
-        ), d)
-        _add(records["physical_filter"], (d.instrument, d.physical_filter), dict(
-            instrument=d.instrument, name=d.physical_filter, band=d.band), d)
-        _add(records["day_obs"], (d.instrument, d.day_obs), dict(
-            instrument=d.instrument, id=d.day_obs), d)
-        _add(records["visit"], (d.instrument, d.visit), dict(
-            instrument=d.instrument, id=d.visit, name=f"{d.instrument}_{d.visit}",
-            physical_filter=d.physical_filter, day_obs=d.day_obs), d)
-        _add(records["skymap"], (d.skymap,), dict(
-            name=d.skymap, hash=d.skymap.encode(), tract_max=2**31 - 1,
-            patch_nx_max=patches_per_side, patch_ny_max=patches_per_side), d)
+        _add(
+            records["instrument"],
+            (d.instrument,),
+            dict(
+                name=d.instrument,
+                visit_max=2**31 - 1,
+                exposure_max=2**31 - 1,
+                detector_max=1000,
+                class_name="jaxmatch.rubin.repo.WarpDataId",
+            ),
+            d,
+        )
+        _add(
+            records["physical_filter"],
+            (d.instrument, d.physical_filter),
+            dict(instrument=d.instrument, name=d.physical_filter, band=d.band),
+            d,
+        )
+        _add(
+            records["day_obs"],
+            (d.instrument, d.day_obs),
+            dict(instrument=d.instrument, id=d.day_obs),
+            d,
+        )
+        _add(
+            records["visit"],
+            (d.instrument, d.visit),
+            dict(
+                instrument=d.instrument,
+                id=d.visit,
+                name=f"{d.instrument}_{d.visit}",
+                physical_filter=d.physical_filter,
+                day_obs=d.day_obs,
+            ),
+            d,
+        )
+        _add(
+            records["skymap"],
+            (d.skymap,),
+            dict(
+                name=d.skymap,
+                hash=d.skymap.encode(),
+                tract_max=2**31 - 1,
+                patch_nx_max=patches_per_side,
+                patch_ny_max=patches_per_side,
+            ),
+            d,
+        )
         _add(records["tract"], (d.skymap, d.tract), dict(skymap=d.skymap, id=d.tract), d)
-        _add(records["patch"], (d.skymap, d.tract, d.patch), dict(
-            skymap=d.skymap, tract=d.tract, id=d.patch,
-            cell_x=d.patch % patches_per_side, cell_y=d.patch // patches_per_side), d)
+        _add(
+            records["patch"],
+            (d.skymap, d.tract, d.patch),
+            dict(
+                skymap=d.skymap,
+                tract=d.tract,
+                id=d.patch,
+                cell_x=d.patch % patches_per_side,
+                cell_y=d.patch // patches_per_side,
+            ),
+            d,
+        )
     for element, rows in records.items():
         for row in rows.values():
             butler.registry.syncDimensionData(element, row)

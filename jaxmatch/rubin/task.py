@@ -25,6 +25,7 @@ switch ``doTune`` (`jaxmatch.tune` on the patch's own warps before matching).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -117,14 +118,14 @@ def _field_docs() -> dict[str, str]:
     docs: dict[str, str] = {}
     names: list[str] = []
     for line in (MatchBackgroundsConfig.__doc__ or "").splitlines():
-        bullet = re.match(r"\s*- ((?:`\w+`(?:, )?)+): (.*)", line)
+        bullet = re.match(r"\s*- ((?:`\w+`(?:, )?)+):\s*(.*)", line)
         if bullet:
             names = re.findall(r"`(\w+)`", bullet.group(1))
             for name in names:
                 docs[name] = bullet.group(2).strip()
-        elif names and line.strip() and not line.strip().endswith(":"):
+        elif names and line.strip():
             for name in names:
-                docs[name] += " " + line.strip()
+                docs[name] = (docs[name] + " " + line.strip()).strip()
         else:
             names = []
     return docs
@@ -215,6 +216,16 @@ class MatchBackgroundsPipelineTask(pipeBase.PipelineTask):
     ConfigClass = MatchBackgroundsPipelineConfig
     _DefaultName = "matchBackgrounds"
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        # pipetask sets the "lsst" loggers to INFO; this task logs under "jaxmatch",
+        # which would stay at the root's WARNING, so its INFO lines would be lost from
+        # the stored task log. Give it INFO too, unless the user set a level
+        # (pipetask --log-level jaxmatch=DEBUG sets one before the task is built).
+        root = logging.getLogger("jaxmatch")
+        if root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)
+
     def runQuantum(self, butlerQC, inputRefs, outputRefs):
         refs = sorted(inputRefs.warps, key=lambda ref: ref.dataId["visit"])
         visits = [int(ref.dataId["visit"]) for ref in refs]
@@ -253,10 +264,19 @@ class MatchBackgroundsPipelineTask(pipeBase.PipelineTask):
         ref = next(i for i, info in enumerate(infos) if info.isReference)
         models = [info.backgroundModel for info in infos]
         models[ref] = _zero_like(models, warps[ref])
-        diagnostics = [_diagnostics(info, visit, visits[ref], config) for info, visit in zip(infos, visits)]
+        diagnostics = [
+            _diagnostics(info, visit, visits[ref], config) for info, visit in zip(infos, visits)
+        ]
         matched = None
         if self.config.doWriteMatchedWarps:
             matched = [None if m is None else applyModel(m, w) for m, w in zip(models, warps)]
+        self.log.info(
+            "Matched %d visits in %s mode: reference visit %d, %d failed",
+            len(warps),
+            config.matchMode,
+            visits[ref],
+            sum(1 for d in diagnostics if not d["fitted"]),
+        )
         self.metadata["numExposures"] = len(warps)
         self.metadata["numFailed"] = sum(1 for d in diagnostics if not d["fitted"])
         self.metadata["refVisit"] = visits[ref]
@@ -304,7 +324,9 @@ def _zero_like(models: list[BackgroundModel | None], warp: Exposure) -> Backgrou
     return BackgroundModel(jnp.zeros((1, 1), warp.image.dtype), Basis("CHEBYSHEV", shape))
 
 
-def _diagnostics(info, visit: int, ref_visit: int, config: MatchBackgroundsConfig) -> dict[str, Any]:
+def _diagnostics(
+    info, visit: int, ref_visit: int, config: MatchBackgroundsConfig
+) -> dict[str, Any]:
     """The per-visit diagnostics record (plain types, for the YAML formatter)."""
 
     def number(value):
@@ -323,4 +345,3 @@ def _diagnostics(info, visit: int, ref_visit: int, config: MatchBackgroundsConfi
     if getattr(info, "group", None) is not None:
         out["group"] = int(info.group)
     return out
-
