@@ -370,3 +370,25 @@ def test_lsst_demo_argument_errors(capsys):
 
     assert main(["lsst-demo", "--repo", "x", "--visits", "1"]) == 1
     assert "--visits must be at least 2" in capsys.readouterr().err
+
+
+# -- BPS --------------------------------------------------------------------------------
+def test_bps_submit_config(tmp_path, task_module):
+    import yaml
+
+    from jaxmatch.rubin import PIPELINE
+    from jaxmatch.rubin.bps import bps_environment, submit_config
+
+    path = submit_config(
+        tmp_path / "submit.yaml", tmp_path / "repo", cores=3, config={"matchMode": "GLOBAL"}
+    )
+    values = yaml.safe_load(path.read_text())
+    assert values["pipelineYaml"] == str(PIPELINE)
+    assert values["payload"]["butlerConfig"] == str((tmp_path / "repo").resolve())
+    assert values["payload"]["inCollection"] == "demo/warps"
+    assert values["site"]["local"] == {"class": "lsst.ctrl.bps.parsl.sites.Local", "cores": 3}
+    assert values["wmsServiceClass"] == "lsst.ctrl.bps.parsl.ParslService"
+    assert values["extraQgraphOptions"] == "-c matchBackgrounds:matchMode=GLOBAL"
+    env = bps_environment({"DAF_BUTLER_DIR": "/mine"})
+    assert env["DAF_BUTLER_DIR"] == "/mine"
+    assert os.path.isfile(os.path.join(env["CTRL_MPEXEC_DIR"], "bin", "pipetask"))
