@@ -151,9 +151,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     common(match)
     match.set_defaults(func=_match)
-    from .survey import add_parser as add_survey  # jaxmatch survey: see jaxmatch/survey.py
+    from .rubin.demo import add_parser as add_lsst_demo
+    from .survey import add_parser as add_survey
 
-    add_survey(sub)
+    add_survey(sub)  # `jaxmatch survey` (jaxmatch/survey.py)
+    add_lsst_demo(sub)  # `jaxmatch lsst-demo` (jaxmatch/rubin/demo.py)
     return parser
 
 
