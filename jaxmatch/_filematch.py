@@ -65,6 +65,9 @@ from ._fitsfile import (
 from ._outputs import Outputs, PlanError, output_names, plan_outputs
 from ._sources import Detection, detect_sources
 
+#: The group of every file with a single image (whatever its HDU is called).
+SINGLE = "*"
+
 #: Row statuses of the summary table.
 STATUSES = ("matched", "reference", "kept", "failed")
 
@@ -116,6 +119,8 @@ class _File:
     stats: dict[str, tuple[float, float, float]] = dataclasses.field(default_factory=dict)
     kept: bool = False
     recorded: dict[str, fits.Header] = dataclasses.field(default_factory=dict)
+    said: bool = False
+    names: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 class _Ref:
@@ -197,8 +202,11 @@ def match_files(
             f.slots = scan_slots(f.path)
         except (ValueError, OSError) as err:
             f.error = _reason(err, f.path)
+        if len(f.slots) == 1:  # single images of every layout are matched together
+            f.names = {SINGLE: f.slots[0].key}
+            f.slots = [f.slots[0]._replace(key=SINGLE)]
     for f in entries:
-        keys = [s.key for s in f.slots] or ["PRIMARY"]
+        keys = [s.key for s in f.slots] or [SINGLE]
         f.outputs = output_names(out, f.path, keys, model_image)
     plan_outputs([f.outputs for f in entries], [f.path for f in entries], table)
     prepare_out(out, [p for f in entries for _, p in f.outputs.paths()], table, say)
@@ -247,6 +255,10 @@ def match_files(
         references[key] = _reference(task, entries, members, key, ref_path)
     for key, members in groups.items():
         _check_shapes(entries, members, key, references[key])
+    for f in entries:
+        if f.error and f.shapes and not f.said:
+            say(f"skipping {f.path}: {f.error}")
+            f.said = True
     for n, f in enumerate(entries):
         f_refs = _reference_digest(entries, references, f)
         if resume and not f.error:
@@ -656,11 +668,13 @@ def _row(f, key, status, *, reference=False, info=None, message="") -> ImageRow:
         v = None if info is None else getattr(info, name, None)
         return float("nan") if v is None else float(v)
 
-    model = "" if info is None or info.backgroundModel is None else describe_basis(
-        info.backgroundModel.basis
+    model = (
+        ""
+        if info is None or info.backgroundModel is None
+        else describe_basis(info.backgroundModel.basis)
     )
     return ImageRow(
-        str(f.path), key, status, reference, value("fitRMS"), value("matchedMSE"),
+        str(f.path), f.names.get(key, key), status, reference, value("fitRMS"), value("matchedMSE"),
         value("diffImVar"), model, message,
     )  # fmt: skip
 
@@ -675,7 +689,7 @@ def _done_rows(f, n, references, results) -> list[ImageRow]:
 
 
 def _failed_rows(f, message, results=None, references=None, n=None) -> list[ImageRow]:
-    slots = f.slots or [ImageSlot(0, "PRIMARY", False)]
+    slots = f.slots or [ImageSlot(0, SINGLE, False)]
     return [
         _row(
             f,
@@ -700,9 +714,15 @@ def _kept_rows(f) -> list[ImageRow]:
             model = f"spline {h.get('JMSTYLE')}"
         rows.append(
             ImageRow(
-                str(f.path), s.key, "kept", h.get("JMROLE") == "REFERENCE",
-                float(h.get("JMFITRMS", math.nan)), float(h.get("JMMSE", math.nan)),
-                float(h.get("JMDIFVAR", math.nan)), model, "outputs of an earlier run kept",
+                str(f.path),
+                f.names.get(s.key, s.key),
+                "kept",
+                h.get("JMROLE") == "REFERENCE",
+                float(h.get("JMFITRMS", math.nan)),
+                float(h.get("JMMSE", math.nan)),
+                float(h.get("JMDIFVAR", math.nan)),
+                model,
+                "outputs of an earlier run kept",
             )  # fmt: skip
         )
     return rows

@@ -298,4 +298,3 @@ def _write(hdulist: fits.HDUList, f, target: Path) -> None:
 
 def _one_line(message) -> str:
     return " ".join(str(message).split())
-

@@ -51,7 +51,9 @@ class Outputs(NamedTuple):
     def paths(self) -> list[tuple[str, Path]]:
         """``(what, path)`` of every output, e.g. ``("matched image", out/x.fits)``."""
         items = [("matched image", self.matched)]
-        items += [(f"model of {key}", p) for key, p in self.models.items()]
+        items += [
+            ("model" if key == "*" else f"model of {key}", p) for key, p in self.models.items()
+        ]
         if self.model_image is not None:
             items.append(("model image", self.model_image))
         return items
@@ -83,9 +85,7 @@ def output_names(out: Path, source: Path, keys: Sequence[str], model_image: bool
     return Outputs(source, out / source.name, models, bkg)
 
 
-def plan_outputs(
-    outputs: Sequence[Outputs], inputs: Sequence[Path], table: Path | None
-) -> None:
+def plan_outputs(outputs: Sequence[Outputs], inputs: Sequence[Path], table: Path | None) -> None:
     """Refuse a plan whose outputs collide (`PlanError`, one line naming both files).
 
     Checks, in this order: two outputs on one path; an output on an input; the

@@ -402,7 +402,7 @@ def _say(message: str) -> None:
 
 
 def _printed(row) -> dict:
-    name = row.file if row.image in ("PRIMARY", "IMAGE") else f"{row.file}[{row.image}]"
+    name = row.file if row.image in ("PRIMARY", "IMAGE", "*") else f"{row.file}[{row.image}]"
     return dict(
         exposure=name,
         status=row.status,
@@ -417,8 +417,8 @@ def _outputs(out: Path, path: Path) -> tuple[Path, Path]:
     """``(out/NAME, out/STEM.model.fits)`` for an input ``NAME`` (`jaxmatch._outputs`)."""
     from ._outputs import output_names
 
-    outputs = output_names(out, path, ["PRIMARY"], False)
-    return outputs.matched, outputs.models["PRIMARY"]
+    outputs = output_names(out, path, ["*"], False)
+    return outputs.matched, outputs.models["*"]
 
 
 def _progress(iterable=None, **kwargs):

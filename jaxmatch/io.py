@@ -59,6 +59,7 @@ from astropy.io import fits
 
 from ._atomic import atomic_write, remove_stale_temps
 from ._exposure import DEFAULT_MASK_PLANES, Exposure
+from ._fitsfile import noise_variance as _noise_variance
 from ._persist import applyModel, readModel, readModelConfig, writeModel
 
 __all__ = [
@@ -107,60 +108,50 @@ def readExposure(
 
 
 def readExposureWithMetadata(
-    path: str | os.PathLike, *, gain: float | None = None, read_noise: float | None = None
+    path: str | os.PathLike,
+    *,
+    gain: float | None = None,
+    read_noise: float | None = None,
+    hdu: str | int | None = None,
 ) -> ExposureWithMetadata:
     """Read an exposure with its primary header and WCS: ``(exposure, header, wcs)``.
 
     ``header`` is an `astropy.io.fits.Header` (structural keywords such as BITPIX
-    and NAXIS removed), ``wcs`` an `astropy.wcs.WCS` or None. Errors as
-    `readExposure`.
+    and NAXIS removed), ``wcs`` an `astropy.wcs.WCS` or None (also when the WCS
+    cards cannot be used, e.g. ``CDELT = 0``: a warning names the file). Tables
+    and empty HDUs are skipped wherever they are. A file with several images
+    (``CCD1``, ``CCD2``) needs ``hdu`` (the extension name or HDU number):
+    otherwise `ValueError` naming them. Errors as `readExposure`.
     """
+    from ._fitsfile import image_slots, open_fits, read_slot
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such FITS file: {path}")
     _check_noise(gain, read_noise)
-    try:
-        with warnings.catch_warnings():
-            # astropy only warns about a truncated file (it pads short data and drops
-            # an HDU whose header is cut): refuse such a file instead.
-            warnings.filterwarnings(
-                "error", message="(File may have been truncated|Error validating header)"
-            )
-            with fits.open(path, memmap=False) as hdus:
-                names = {h.name.upper(): h for h in hdus}
-                header = _clean_header(hdus[0].header)
-                if "IMAGE" in names:
-                    image = _native(names["IMAGE"].data)
-                    image_header = names["IMAGE"].header
-                    mask_hdu = names.get("MASK")
-                    mask = None if mask_hdu is None else _native(mask_hdu.data).astype(np.int32)
-                    planes = DEFAULT_MASK_PLANES if mask_hdu is None else _planes(mask_hdu.header)
-                    var_hdu = names.get("VARIANCE")
-                    variance = None if var_hdu is None else _native(var_hdu.data)
-                else:
-                    hdu = next((h for h in hdus if h.data is not None), None)
-                    if hdu is None:
-                        raise ValueError("no image data")
-                    image = _native(hdu.data)
-                    image_header = hdu.header
-                    if hdu is not hdus[0]:  # keep the image's keywords, as for the primary
-                        header.extend(_clean_header(image_header), unique=True)
-                    planes = DEFAULT_MASK_PLANES
-                    mask = None
-                    variance = None
-                wcs = _read_wcs(image_header)
-    except (OSError, TypeError, ValueError, IndexError, KeyError, UserWarning) as err:
-        raise ValueError(f"cannot read {path} as a FITS exposure: {err}") from err
-    if image is None or image.ndim != 2:
-        raise ValueError(
-            f"{path}: the image must be 2-D, got {None if image is None else image.shape}"
-        )
-    image = image.astype(np.float64) if not np.issubdtype(image.dtype, np.floating) else image
-    if mask is None:
-        mask = np.where(np.isfinite(image), 0, 1 << planes["NO_DATA"]).astype(np.int32)
-    if variance is None and (gain is not None or read_noise is not None):
-        variance = _noise_variance(image, gain, read_noise)
-    exposure = Exposure(image, mask, variance, mask_planes=planes)
+    with open_fits(path) as hdus:
+        slots = image_slots(hdus)
+        if not slots:
+            raise ValueError(f"cannot read {path} as a FITS exposure: it holds no 2-D image")
+        if hdu is None:
+            if len(slots) > 1:
+                keys = ", ".join(s.key for s in slots)
+                raise ValueError(
+                    f"{path} holds {len(slots)} images ({keys}): pass hdu= one of them "
+                    "(jaxmatch match matches each)"
+                )
+            slot = slots[0]
+        else:
+            wanted = [s for s in slots if s.index == hdu or s.key == str(hdu).upper()]
+            if not wanted:
+                raise ValueError(f"{path} has no image hdu={hdu!r}; its images: {slots}")
+            slot = wanted[0]
+        exposure = read_slot(hdus, slot, path, gain=gain, read_noise=read_noise)
+        header = _clean_header(hdus[0].header)
+        image_header = hdus[slot.index].header
+        if slot.index != 0 and not slot.lsst:  # the image's keywords, as for the primary
+            header.extend(_clean_header(image_header), unique=True)
+        wcs = _read_wcs(image_header, path)
     return ExposureWithMetadata(exposure, header, wcs)
 
 
@@ -278,14 +269,6 @@ def _check_noise(gain, read_noise) -> None:
         raise ValueError(f"read_noise must be a finite number >= 0 [ADU], got {read_noise!r}")
 
 
-def _noise_variance(image: np.ndarray, gain, read_noise) -> np.ndarray:
-    """``max(image, 0) / gain + read_noise²`` [ADU²]; infinite on non-finite pixels."""
-    with np.errstate(invalid="ignore"):
-        shot = 0.0 if gain is None else np.maximum(image, 0) / gain
-    var = shot + (0.0 if read_noise is None else float(read_noise) ** 2)
-    return np.where(np.isfinite(image), var, np.inf).astype(image.dtype)
-
-
 def _uncertainty_variance(uncertainty, data_unit) -> np.ndarray:
     from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertainty
 
@@ -342,14 +325,20 @@ def _wcs_header(wcs) -> fits.Header:
     return header
 
 
-def _read_wcs(header: fits.Header):
+def _read_wcs(header: fits.Header, path=None):
     if not any(_WCS_KEY.match(k) for k in header.keys()):
         return None
     from astropy.wcs import WCS, FITSFixedWarning
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)  # astropy's notes on fixes it made
-        return WCS(header)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)  # astropy's notes on fixes it made
+            wcs = WCS(header)
+            wcs.pixel_to_world_values(0.0, 0.0)  # a singular matrix (CDELT = 0) fails here
+            return wcs
+    except Exception as err:  # noqa: BLE001 - matching needs no WCS: warn, go on without
+        warnings.warn(f"{path}: its WCS cannot be used ({err}); read without a WCS", stacklevel=3)
+        return None
 
 
 def _plane_keyword(name: str) -> str:
@@ -362,20 +351,3 @@ def _plane_keyword(name: str) -> str:
     return "HIERARCH " + key
 
 
-def _planes(header) -> dict[str, int]:
-    planes = {
-        k[len(_PLANE_PREFIX) :]: int(v) for k, v in header.items() if k.startswith(_PLANE_PREFIX)
-    }
-    return planes or dict(DEFAULT_MASK_PLANES)
-
-
-def _native(data):
-    """The array in native byte order (FITS is big-endian)."""
-    if data is None:
-        return None
-    data = np.asarray(data)
-    return (
-        data.astype(data.dtype.newbyteorder("="))
-        if data.dtype.byteorder not in ("=", "|")
-        else data
-    )
