@@ -787,6 +787,12 @@ def write_table(table, path: Path) -> None:
         buffer = io.BytesIO() if fmt == "fits" else io.StringIO()
         if fmt == "ascii.ecsv":
             table = _json_safe_meta(table)
+        if fmt == "fits":  # FITS tables hold ASCII: file names percent-encoded
+            table = _json_safe_meta(table)
+            for name in table.colnames:
+                if table[name].dtype.kind == "U":
+                    table[name] = [ascii_card_text(str(v)) for v in table[name]]
+            table.meta = {"CONFIG": json.dumps(table.meta.get("config"), sort_keys=True)}
         table.write(buffer, format=fmt)
         data = buffer.getvalue()
         data = data if isinstance(data, bytes) else data.encode()

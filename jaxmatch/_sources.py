@@ -6,13 +6,14 @@ the stars and galaxies are; a bin statistic such as MEAN then follows their ligh
 SExtractor and photutils users build a source mask:
 
 1. a coarse local background ``B``: the median of each ``box × box`` block of usable
-   pixels, interpolated bilinearly between block centres (a block with fewer than
+   pixels, interpolated bilinearly between block centres (extrapolated linearly
+   beyond them; a block with fewer than
    half its pixels usable takes the median of the others);
 2. the noise ``σ`` of one pixel from pixel-to-pixel differences
    (`jaxmatch.estimate_variance`, which sources barely affect);
 3. the residual ``R = image − B`` smoothed by a 3 × 3 box (the mean of nine pixels,
    noise ``σ / 3``) and thresholded: a pixel is a source pixel where the smoothed
-   ``R > nsigma · σ / 3``;
+   ``R > nsigma · σ / 3`` and at least ``minarea`` of its 3 × 3 neighbourhood is;
 4. the source pixels dilated by ``grow`` pixels (a square of side ``2·grow + 1``) to
    cover the faint wings.
 
@@ -36,11 +37,14 @@ class Detection(NamedTuple):
 
     Attributes:
         nsigma: threshold of the 3 × 3-smoothed residual in units of its noise.
+        minarea: pixels of the 3 × 3 neighbourhood (itself included) that must be
+            above the threshold for a pixel to count (SExtractor's DETECT_MINAREA).
         grow: dilation radius [pixels].
         box: block size of the local background [pixels].
     """
 
     nsigma: float = 3.0
+    minarea: int = 5
     grow: int = 2
     box: int = 64
 
@@ -77,7 +81,9 @@ def source_mask(image: np.ndarray, usable: np.ndarray, detection: Detection) -> 
         background = _block_background(image, usable & ~found, detection.box)
         residual = np.where(usable, image - background, 0.0)
         smoothed = _box_sum(residual, 1) / np.maximum(_box_sum(usable.astype(float), 1), 1)
-        found = usable & (smoothed > detection.nsigma * sigma / 3.0)
+        above = usable & (smoothed > detection.nsigma * sigma / 3.0)
+        # at least `minarea` of the 3 x 3 neighbours above too: no lone noise peaks
+        found = above & (_box_sum(above.astype(np.int32), 1) >= detection.minarea)
     return _box_sum(found.astype(np.int32), detection.grow) > 0
 
 
@@ -109,12 +115,12 @@ def _block_background(image: np.ndarray, usable: np.ndarray, box: int) -> np.nda
 
 
 def _lerp(values: np.ndarray, centres: np.ndarray, coords: np.ndarray, axis: int) -> np.ndarray:
-    """Linear interpolation of ``values`` (given at ``centres``) along ``axis``; constant
-    beyond the first and last centre."""
+    """Linear interpolation of ``values`` (given at ``centres``) along ``axis``, extended
+    linearly beyond the first and last centre (a sloped sky stays sloped)."""
     if len(centres) == 1:
         return np.repeat(values, len(coords), axis=axis)
     i0 = np.clip(np.searchsorted(centres, coords) - 1, 0, len(centres) - 2)
-    t = np.clip((coords - centres[i0]) / (centres[i0 + 1] - centres[i0]), 0.0, 1.0)
+    t = (coords - centres[i0]) / (centres[i0 + 1] - centres[i0])
     lo, hi = np.take(values, i0, axis=axis), np.take(values, i0 + 1, axis=axis)
     shape = [1, 1]
     shape[axis] = len(coords)

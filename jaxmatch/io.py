@@ -316,9 +316,11 @@ def _wcs_header(wcs) -> fits.Header:
     if to_header is None:
         raise TypeError(f"wcs must be an astropy.wcs.WCS, got {type(wcs).__name__}")
     from astropy.wcs import WCSHDO_P17, WCSHDO_all
+    from astropy.wcs.wcs import WCSHDO_SIP
 
-    # 17 significant digits (wcslib writes 14 by default): the WCS survives exactly.
-    header = to_header(relax=WCSHDO_all | WCSHDO_P17)
+    # 17 significant digits (wcslib writes 14 by default): the WCS survives exactly;
+    # WCSHDO_SIP keeps a SIP distortion (and the -SIP of CTYPE).
+    header = to_header(relax=WCSHDO_all | WCSHDO_P17 | WCSHDO_SIP)
     for card in header.cards:  # a 17-digit value leaves no room for some comments
         if len(str(card)) > 80:
             header.comments[card.keyword] = ""

@@ -172,6 +172,7 @@ def test_lsst_files_outputs_cards_model_image_and_tables(patch, tmp_path, capsys
                     assert bkg["IMAGE"].header["CTYPE1"] == "RA---TAN"  # opens in ds9 with WCS
 
 
+@pytest.mark.filterwarnings("ignore::astropy.wcs.FITSFixedWarning")  # MJD-OBS vs DATE-OBS
 def test_plain_file_keeps_sip_alternate_wcs_and_every_card(patch, tmp_path, capsys):
     """Plain in, plain out: the image in the primary HDU, every card of the input
     (SIP, alternate WCS, BUNIT, GAIN, SATURATE, MJD-OBS, LTV), the cards astropy will
@@ -284,7 +285,7 @@ def test_plain_images_detect_sources_and_the_model_gets_closer_to_the_truth(
     common = ["--ref", files[0], "--set", "binSize=16", "--no-progress"]
     assert main(["match", *files, "--out", str(tmp_path / "raw"), "--no-detect", *common]) == 0
     err = capsys.readouterr().err
-    assert "gridStatistic=MEANCLIP" in err and "sources are not masked" in err
+    assert "bestRefWeightCoverage=0.5" in err and "sources are not masked" in err
     assert main(["match", *files, "--out", str(tmp_path / "det"), *common]) == 0
     assert "sources are not masked" not in capsys.readouterr().err
     before = _model_error(tmp_path / "raw", names, patch)
@@ -474,20 +475,24 @@ def test_resume_keeps_only_outputs_of_this_very_run(patch, tmp_path, capsys, mon
     assert rows[1]["fitRMS"] == pytest.approx(fits.getheader(out / "e1.fits", "IMAGE")["JMFITRMS"])
     assert rows[0]["fitRMS"] is None  # NaN becomes null: valid JSON
 
-    # another config: everything is redone, and it says why
-    assert main([*base, "--resume", *FAST, "--set", "gridStatistic=MEANCLIP"]) == 0
+    # another config (a field that needs no recompilation): everything is redone
+    assert main([*base, "--resume", *FAST, "--set", "bestRefWeightCoverage=0.5"]) == 0
     err = capsys.readouterr().err
     assert err.count("made with another config") == 3 and "0 kept" in err
     # another reference
     assert (
-        main([*base[:-4], "--ref", files[1], "--resume", *FAST, "--set", "gridStatistic=MEANCLIP"])
+        main(
+            [*base[:-4], "--ref", files[1], "--resume", *FAST, "--set", "bestRefWeightCoverage=0.5"]
+        )
         == 0
     )
     assert capsys.readouterr().err.count("matched to another reference") == 3
     # a changed input
     writeExposure(_exposure(patch, 5), tmp_path / "e2.fits")
     assert (
-        main([*base[:-4], "--ref", files[1], "--resume", *FAST, "--set", "gridStatistic=MEANCLIP"])
+        main(
+            [*base[:-4], "--ref", files[1], "--resume", *FAST, "--set", "bestRefWeightCoverage=0.5"]
+        )
         == 0
     )
     err = capsys.readouterr().err
@@ -513,7 +518,8 @@ def test_console_script_help_and_demo(tmp_path):
     )
     assert run.returncode == 0 and "--skip-existing" in run.stdout and "--model-image" in run.stdout
     run = subprocess.run(
-        [sys.executable, "-m", "jaxmatch", "demo", "--exposures", "3", "--size", "128",
+        [sys.executable, "-m", "jaxmatch", "demo", "--exposures", "3", "--size", "64",
+         "--set", "binSize=16", "--set", "interpStyle=NATURAL_SPLINE",
          "--table", str(tmp_path / "d.json"), "--plot", str(tmp_path / "d.png")],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
