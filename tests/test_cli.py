@@ -285,7 +285,7 @@ def test_plain_images_detect_sources_and_the_model_gets_closer_to_the_truth(
     common = ["--ref", files[0], "--set", "binSize=16", "--no-progress"]
     assert main(["match", *files, "--out", str(tmp_path / "raw"), "--no-detect", *common]) == 0
     err = capsys.readouterr().err
-    assert "bestRefWeightCoverage=0.5" in err and "sources are not masked" in err
+    assert "gridStatistic=MEANCLIP" in err and "sources are not masked" in err
     assert main(["match", *files, "--out", str(tmp_path / "det"), *common]) == 0
     assert "sources are not masked" not in capsys.readouterr().err
     before = _model_error(tmp_path / "raw", names, patch)
