@@ -59,7 +59,7 @@ from astropy.io import fits
 
 from ._atomic import atomic_write, remove_stale_temps
 from ._exposure import DEFAULT_MASK_PLANES, Exposure
-from ._fitsfile import noise_variance as _noise_variance
+from ._fitsfile import native as _native, noise_variance as _noise_variance
 from ._persist import applyModel, readModel, readModelConfig, writeModel
 
 __all__ = [
@@ -225,7 +225,7 @@ def fromNDData(
 
     if not isinstance(nddata, NDData):
         raise TypeError(f"expected an astropy NDData/CCDData, got {type(nddata).__name__}")
-    image = np.asarray(nddata.data)
+    image = _native(np.asarray(nddata.data))  # CCDData.read gives big-endian arrays
     if image.ndim != 2:
         raise ValueError(f"the NDData image must be 2-D, got shape {image.shape}")
     if not np.issubdtype(image.dtype, np.floating):
@@ -237,7 +237,7 @@ def fromNDData(
     finite = np.isfinite(image)
     mask = np.where(finite, 0, 1 << planes["NO_DATA"]).astype(np.int32)
     if nddata.mask is not None:
-        given = np.asarray(nddata.mask)
+        given = _native(np.asarray(nddata.mask))
         if given.shape != image.shape:
             raise ValueError(f"mask shape {given.shape} differs from image shape {image.shape}")
         if given.dtype == bool:

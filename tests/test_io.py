@@ -864,3 +864,21 @@ def test_summary_tables_in_every_format(tmp_path):
     assert records[0]["file"] == "a é.fits" and records[0]["reference"] is True
     with pytest.raises(ValueError, match="use a .ecsv"):
         write_table(table, tmp_path / "t.txt")
+
+
+def test_ccddata_read_from_disk_is_big_endian_and_works(tmp_path, rng):
+    """`CCDData.read` returns the file's big-endian arrays; `fromNDData` takes them."""
+    from astropy.nddata import CCDData
+
+    image = rng.normal(100, 5, (16, 16)).astype(np.float32)
+    ccd = CCDData(
+        image, unit="adu", mask=image > 110, uncertainty=StdDevUncertainty(np.full((16, 16), 5.0))
+    )
+    ccd.write(tmp_path / "ccd.fits")
+    back = CCDData.read(tmp_path / "ccd.fits")
+    assert back.data.dtype.byteorder == ">"
+    exposure = fromNDData(back)
+    np.testing.assert_array_equal(np.asarray(exposure.image), image)
+    np.testing.assert_allclose(np.asarray(exposure.variance), 25.0)
+    bad = 1 << DEFAULT_MASK_PLANES["BAD"]
+    np.testing.assert_array_equal((np.asarray(exposure.mask) & bad) != 0, image > 110)
