@@ -37,6 +37,13 @@ coefficients and every `Basis` field, plus the config as a dict if given) as a
 small FITS file; `applyModel` adds a model to an exposure. See
 ``jaxmatch/_persist.py``.
 
+Folders of files
+----------------
+`match_files` does what ``jaxmatch match`` does (see ``jaxmatch/_filematch.py``):
+reads FITS files of any layout, matches them in chunks and writes each output in
+its input's layout with its header cards; it returns a `MatchReport` (one row per
+image, `summary_table` makes an astropy table of it, `write_table` writes one).
+
 Writing never leaves a half-written file: the data go to a hidden temporary file
 ``.NAME.<random>.tmp`` in the same directory, which is then renamed over the target
 (`atomic_write`). When writing fails (a folder that is missing or not writable, a
@@ -59,11 +66,13 @@ from astropy.io import fits
 
 from ._atomic import atomic_write, remove_stale_temps
 from ._exposure import DEFAULT_MASK_PLANES, Exposure
+from ._filematch import MatchReport, match_files, summary_table, write_table
 from ._fitsfile import native as _native, noise_variance as _noise_variance
 from ._persist import applyModel, readModel, readModelConfig, writeModel
 
 __all__ = [
     "ExposureWithMetadata",
+    "MatchReport",
     "applyModel",
     "atomic_write",
     "fromNDData",
@@ -71,9 +80,12 @@ __all__ = [
     "readExposureWithMetadata",
     "readModel",
     "readModelConfig",
+    "match_files",
     "remove_stale_temps",
+    "summary_table",
     "writeExposure",
     "writeModel",
+    "write_table",
 ]
 
 _PLANE_PREFIX = "MP_"

@@ -182,9 +182,11 @@ def test_plain_file_keeps_sip_alternate_wcs_and_every_card(patch, tmp_path, caps
     for i, name in enumerate(names):
         _plain_file(tmp_path / name, patch.images[i])
     out = tmp_path / "sortie"
-    assert main(["match", *(str(tmp_path / n) for n in names), "--out", str(out), *FAST]) == 0
+    files = [str(tmp_path / n) for n in names]
+    assert main(["match", *files, "--out", str(out), *FAST, "--progress"]) == 0
     err = capsys.readouterr().err
     assert err.count("repaired header cards") == 1 and "3 file(s)" in err
+    assert "fitting (compiling)" in err  # the bar says why it waits
     source = fits.getheader(tmp_path / names[0])
     for name in names:
         with fits.open(out / name) as hdus:
