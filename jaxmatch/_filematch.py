@@ -433,10 +433,14 @@ def _reference(task, entries, members: list[int], key: str, ref_path) -> int:
     if ref_path is not None:
         chosen = next((n for n in members if entries[n].path.resolve() == ref_path), -1)
         if chosen < 0:
+            given = next(f for f in entries if f.path.resolve() == ref_path)
+            why = (
+                f"the reference {given.path} could not be read"
+                if given.error
+                else f"the reference {given.path} has no image {key}"
+            )
             for n in members:
-                entries[n].error = entries[n].error or (
-                    f"the reference has no usable image {key} to match {key} to"
-                )
+                entries[n].error = entries[n].error or why
         return chosen
     stats = [entries[n].stats[key] for n in members]
     variance, level, coverage = (jnp.asarray(c, dtype=float) for c in zip(*stats))
