@@ -284,7 +284,15 @@ def match_files(
         r = references[key]
         ref_exposure = cache.pop((r, key), None)
         if ref_exposure is None:
-            ref_exposure = _reload(entries[r], key, gain, read_noise, detect)
+            try:
+                ref_exposure = _reload(entries[r], key, gain, read_noise, detect)
+            except (ValueError, OSError, TypeError) as err:  # changed since it was read
+                for n in [r, *work]:
+                    entries[
+                        n
+                    ].error = f"the reference could not be read again: {_reason(err, None)}"
+                say(f"cannot read the reference {entries[r].path} again: {_reason(err, None)}")
+                continue
         ref_ref = _Ref(_label(entries[r], key), ref_exposure)
         for start in range(0, len(work), chunk):
             part = work[start : start + chunk]
