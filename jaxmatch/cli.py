@@ -140,8 +140,12 @@ def _parser() -> argparse.ArgumentParser:
     match = sub.add_parser(
         "match",
         help="match FITS exposures and write the matched ones and their models",
-        description="Match FITS exposures of one patch; write NAME.fits (matched) and "
-        "NAME.model.fits (background model) into --out.",
+        description="Match FITS exposures of one patch; write NAME.fits (matched, in the "
+        "input's layout and with its header cards) and NAME.model.fits (background model) "
+        "into --out.",
+        epilog="exit status: 0 every file matched (or kept); 1 some files failed (each "
+        "named on stderr, the others written); 2 nothing done (bad options, colliding "
+        "outputs, an --out or --table folder that cannot be written); 130 interrupted.",
     )
     match.add_argument("files", nargs="+", type=Path, help="FITS exposures of one patch")
     match.add_argument("--out", type=Path, required=True, help="output directory")
