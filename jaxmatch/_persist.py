@@ -56,7 +56,7 @@ def writeModel(
     """
     from astropy.io import fits
 
-    from .io import atomic_write
+    from ._atomic import atomic_write
 
     if not isinstance(model, BackgroundModel):
         raise TypeError(f"expected a BackgroundModel, got {type(model).__name__}")

@@ -5,25 +5,34 @@ cosmic rays, bad columns, partial coverage, per-exposure backgrounds and flux
 scales), matches it with `MatchBackgroundsTask` and prints the LSST diagnostics
 and the accuracy against the simulated truth; ``--plot fig.png`` also draws it.
 
-``jaxmatch match`` reads FITS exposures (LSST multi-extension, or plain images:
-``--gain`` / ``--read-noise`` then give their variance), matches them (reference
-chosen by the LSST cost unless ``--ref`` names one) and writes, for each input
-``NAME.fits``, into ``--out``:
+``jaxmatch match FILES... --out DIR`` matches FITS files of one patch (any
+layout: LSST multi-extension, plain single images, multi-extension files with
+several images such as ``CCD1``/``CCD2`` (each matched to the same extension of
+the reference), tile-compressed ``.fz`` or gzip/bzip2 files) and writes, for each
+input ``NAME.fits``, into ``--out``:
 
-- ``NAME.fits``: the matched exposure (image + model; mask and variance as read),
-  with the input's primary header and WCS;
-- ``NAME.model.fits``: the fitted background model (`jaxmatch.io.readModel`),
-  with the config it was fitted with (not for the reference, whose model is 0).
+- ``NAME.fits`` (the input's name): the matched file, in the input's layout, with
+  every header card of the input (WCS with SIP/TPV distortion, alternate WCS,
+  BUNIT, GAIN, ...) and jaxmatch's cards (`jaxmatch._filematch`);
+- ``NAME.model.fits``: the fitted background model (`jaxmatch.io.readModel`), with
+  the config (``NAME.CCD1.model.fits``, ... for several images; none for the
+  reference);
+- ``NAME.bkg.fits`` with ``--model-image``: the model as an image (for ds9).
 
-and prints the diagnostics table (``--table`` also writes it as CSV or JSON).
-Before reading anything it creates ``--out`` and checks that files can be written
-there, and removes the hidden temporary files ``.NAME.<random>.tmp`` that a run
-killed mid-write left for these outputs (so two runs must not write the same
-outputs at the same time). Every file is written whole or not at all.
-``--skip-existing`` leaves the exposures whose outputs all exist untouched, so a
-rerun after an interrupted run finishes the rest (every exposure is still read
-and fitted, so the reference and the table are those of a full run). A progress
-bar (tqdm) shows reading, fitting and writing when stderr is a terminal
+Everything is checked before a pixel is read: options, outputs that would collide
+with each other, with an input, with the table, or with an existing file that is
+not a jaxmatch output of the same input (one line naming both), and that ``--out``
+and the table's folder can be written. Hidden temporary files ``.NAME.<random>.tmp``
+a killed run left for these outputs are removed. Every file is written whole or
+not at all. A file that cannot be read, fitted or written is reported on one line
+and the others go on. Plain images (no mask planes) get their sources detected into
+DETECTED first (``--no-detect`` to skip). Exposures are read and fitted in chunks
+of ``--chunk-size`` (memory stays bounded). ``--resume`` (alias
+``--skip-existing``) keeps the outputs of an earlier run only when they record this
+run's input checksum, config and reference; the others are redone (and it says
+why). The table is printed and, with ``--table``, written as ECSV, CSV, FITS or
+JSON (by extension) with units and a status column. A progress bar (tqdm) shows
+reading, fitting (with compilation) and writing when stderr is a terminal
 (``--progress`` / ``--no-progress`` to choose).
 
 Precision: JAX computes in float32 unless ``--float64`` is given, so without it
@@ -34,24 +43,25 @@ Configuration: ``--config FILE`` (TOML of `MatchBackgroundsConfig` fields) and
 ``--set KEY=VALUE`` overrides (repeatable; ``none`` for an optional field, commas
 for ``badMaskPlanes``).
 
-Exit status: 0 success; 1 a problem with the data (a missing, unreadable or
-mismatched file, a failed fit) or with writing (an output folder that cannot be
-created or written, a full disk: the outputs written before stay complete); 2 a bad
-command line or config; 130 interrupted. Errors are one line on stderr,
-``jaxmatch: error: ...``, naming the file.
+Exit status: 0 every file matched (or kept by ``--resume``); 1 some files failed
+(unreadable, mismatched, a failed fit, a failed write): each is named on stderr,
+every other output is written; 2 nothing was done: a bad command line or config,
+outputs that collide, an ``--out`` or ``--table`` folder that cannot be written;
+130 interrupted. Errors are one line on stderr, ``jaxmatch: error: ...``, naming
+the file.
+
+In Python, ``jaxmatch.cli.main(["match", ...])`` returns the exit status (it never
+calls ``sys.exit``) and `jaxmatch._filematch.match_files` does the same work and
+returns a `MatchReport`.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import difflib
-import io as _io
-import json
 import logging
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -115,7 +125,9 @@ def _parser() -> argparse.ArgumentParser:
             action="store_true",
             help="allow float64 (JAX's default is float32: float64 inputs are rounded to it)",
         )
-        p.add_argument("--table", type=Path, help="also write the table (.csv or .json)")
+        p.add_argument(
+            "--table", type=Path, help="also write the table (.ecsv, .csv, .fits or .json)"
+        )
 
     demo = sub.add_parser("demo", help="simulate the built-in demo patch and match it")
     demo.add_argument("--exposures", type=int, default=6, help="number of exposures (6)")
@@ -128,16 +140,40 @@ def _parser() -> argparse.ArgumentParser:
     match = sub.add_parser(
         "match",
         help="match FITS exposures and write the matched ones and their models",
-        description="Match FITS exposures of one patch; write NAME.fits (matched) and "
-        "NAME.model.fits (background model) into --out.",
+        description="Match FITS exposures of one patch; write NAME.fits (matched, in the "
+        "input's layout and with its header cards) and NAME.model.fits (background model) "
+        "into --out.",
+        epilog="exit status: 0 every file matched (or kept); 1 some files failed (each "
+        "named on stderr, the others written); 2 nothing done (bad options, colliding "
+        "outputs, an --out or --table folder that cannot be written); 130 interrupted.",
     )
     match.add_argument("files", nargs="+", type=Path, help="FITS exposures of one patch")
     match.add_argument("--out", type=Path, required=True, help="output directory")
     match.add_argument("--ref", type=Path, help="the reference exposure (one of FILES)")
     match.add_argument(
+        "--resume",
         "--skip-existing",
+        dest="resume",
         action="store_true",
-        help="keep the outputs of exposures already written (finish an interrupted run)",
+        help="keep the outputs of an earlier run when they record this run's inputs, "
+        "config and reference; redo the others (finish an interrupted run)",
+    )
+    match.add_argument(
+        "--model-image",
+        action="store_true",
+        help="also write the background model as an image, NAME.bkg.fits",
+    )
+    match.add_argument(
+        "--detect",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mark sources in DETECTED before binning (default: plain images only)",
+    )
+    match.add_argument(
+        "--chunk-size",
+        type=int,
+        default=16,
+        help="exposures read and fitted at once (memory bound; default 16)",
     )
     match.add_argument(
         "--gain", type=float, help="[e-/ADU] variance of plain images: image/gain + read_noise^2"
@@ -167,8 +203,13 @@ def _config(args):
         import jax
 
         jax.config.update("jax_enable_x64", True)
-    if args.table is not None and args.table.suffix.lower() not in (".csv", ".json"):
-        raise UsageError(f"--table {args.table}: use a .csv or .json file name")
+    if args.table is not None:
+        from ._filematch import table_format
+
+        try:
+            table_format(args.table)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
     values = {}
     if args.config is not None:
         if not args.config.is_file():
@@ -295,7 +336,7 @@ def _demo(args, config) -> int:
         print(f"  before matching: mean {np.mean(before):.3f} ADU   after: every fit failed")
     print(f"  simulate {t1 - t0:.2f} s, match (incl. compilation) {t2 - t1:.2f} s")
     if args.table:
-        _write_table(rows, args.table)
+        _write_table(rows, args.table, config)
     if args.plot:
         from .plot import plot_demo
 
@@ -310,7 +351,10 @@ def _check_plot_target(path: Path) -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise ImportError("--plot needs matplotlib: pip install 'jaxmatch[plot]'") from None
+        raise ImportError(
+            "--plot needs matplotlib: pip install matplotlib (or, in a source checkout, "
+            "pip install '.[plot]')"
+        ) from None
     if not path.parent.is_dir():
         raise UsageError(f"--plot {path}: the folder {path.parent} does not exist")
 
@@ -323,148 +367,77 @@ def _describe_model(config) -> str:
 
 # -- match ------------------------------------------------------------------------------
 def _match(args, config) -> int:
-    from ._task import MatchBackgroundsTask
-    from .io import applyModel, readExposureWithMetadata, writeExposure, writeModel
+    from ._filematch import match_files
+    from ._outputs import PlanError
+    from .io import _check_noise
 
-    files = list(args.files)
-    resolved = [f.resolve() for f in files]
-    if len(set(resolved)) != len(files):
-        twice = next(f for f, r in zip(files, resolved) if resolved.count(r) > 1)
-        raise UsageError(f"{twice} is listed twice")
-    if args.ref is not None and args.ref.resolve() not in resolved:
-        raise UsageError(f"--ref {args.ref} is not one of the input files")
-    if args.out.exists() and not args.out.is_dir():
-        raise UsageError(f"--out {args.out} exists and is not a directory")
-    outputs = [_outputs(args.out, f) for f in files]
-    seen: dict[str, Path] = {}
-    inputs = set(resolved)
-    for f, (image_out, model_out) in zip(files, outputs):
-        if image_out.name in seen:
-            raise UsageError(f"{seen[image_out.name]} and {f} would both be written to {image_out}")
-        seen[image_out.name] = f
-        if image_out.resolve() in inputs or model_out.resolve() in inputs:
-            raise UsageError(f"--out {args.out}: writing {f}'s outputs would overwrite an input")
-    for f in files:  # every missing file is found before the slow part starts
-        if not f.exists():
-            raise FileNotFoundError(f"no such file: {f}")
-    targets = [p for pair in outputs for p in pair] + ([args.table] if args.table else [])
-    _prepare_out(args.out, targets)
-    show = sys.stderr.isatty() if args.progress is None else args.progress
-
-    read = []
-    for f in _progress(files, desc="reading", show=show, unit="file"):
-        read.append(readExposureWithMetadata(f, gain=args.gain, read_noise=args.read_noise))
-    exposures = [r.exposure for r in read]
-    first = exposures[0].getBBoxShape()
-    for f, e in zip(files, exposures):
-        if e.getBBoxShape() != first:
-            raise ValueError(
-                f"{f} is {e.getBBoxShape()[0]}x{e.getBBoxShape()[1]} pixels but {files[0]} is "
-                f"{first[0]}x{first[1]}; all exposures must share one pixel grid"
-            )
-
-    task = MatchBackgroundsTask(config)
-    refIndex = None if args.ref is None else resolved.index(args.ref.resolve())
-    with _progress(None, total=1, desc="fitting", show=show, unit="batch") as bar:
-        result = task.run(
-            exposures, "fits", refExpDataRef=None if refIndex is None else exposures[refIndex]
-        )
-        bar.update(1)
-    infos = result.backgroundInfoList
-    refIndex = next(i for i, s in enumerate(infos) if s.isReference)
-
-    rows, written, kept = [], 0, 0
-    for i in _progress(range(len(files)), desc="writing", show=show, unit="file"):
-        f, info, (image_out, model_out) = files[i], infos[i], outputs[i]
-        rows.append(_row(str(f), info))
-        if info.backgroundModel is None and not info.isReference:
-            print(f"jaxmatch: warning: the fit of {f} failed; nothing written", file=sys.stderr)
-            continue
-        wanted = [image_out] if info.isReference else [image_out, model_out]
-        if args.skip_existing and all(p.exists() for p in wanted):
-            kept += 1
-            continue
-        exposure, header, wcs = read[i]
-        header = header.copy()
-        if info.isReference:
-            header.add_history("jaxmatch: the reference of the background matching")
-            matched = exposure
-        else:
-            header.add_history(f"jaxmatch: background matched to {files[refIndex].name}")
-            header.add_history(f"jaxmatch: background model in {model_out.name}")
-            writeModel(
-                info.backgroundModel,
-                model_out,
-                config=config,
-                header={"JMREF": files[refIndex].name, "JMSOURCE": f.name},
-            )
-            matched = applyModel(info.backgroundModel, exposure)
-        writeExposure(matched, image_out, header=header, wcs=wcs)
-        written += 1
-    _print_table(rows)
-    note = f", {kept} kept (--skip-existing)" if args.skip_existing else ""
-    print(f"jaxmatch: {written} exposure(s) written to {args.out}{note}", file=sys.stderr)
-    if args.table:
-        _write_table(rows, args.table)
-    return 1 if any(r["fitRMS"] is None and r["reference"] == "no" for r in rows) else 0
-
-
-def _prepare_out(out: Path, targets: list[Path]) -> None:
-    """Create ``out``, check that files can be written there, remove stale temporary files.
-
-    Called before reading and fitting, so an output folder that cannot be written
-    fails at once. The stale files are those `atomic_write` left for ``targets``
-    when a run was killed mid-write (`remove_stale_temps`).
-    """
-    from .io import remove_stale_temps
-
+    if args.chunk_size < 1:
+        raise UsageError(f"--chunk-size must be at least 1, got {args.chunk_size}")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as err:
-        raise OSError(err.errno, f"cannot write into --out {out}: {err.strerror}") from err
-    for stale in remove_stale_temps(targets):
-        print(f"jaxmatch: removed {stale}, left by an interrupted run", file=sys.stderr)
+        _check_noise(args.gain, args.read_noise)
+    except ValueError as err:
+        raise UsageError(f"--gain / --read-noise: {err}") from None
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    try:
+        report = match_files(
+            args.files,
+            args.out,
+            config,
+            ref=args.ref,
+            resume=args.resume,
+            model_image=args.model_image,
+            gain=args.gain,
+            read_noise=args.read_noise,
+            detect=args.detect,
+            chunk_size=args.chunk_size,
+            table=args.table,
+            say=_say,
+            progress=_progress if show else None,
+        )
+    except PlanError as err:
+        raise UsageError(str(err)) from None
+    except OSError as err:  # --out or the table's folder: found before any work
+        _error(err)
+        return 2
+    _print_table([_printed(r) for r in report.rows])
+    note = f", {report.kept} kept (--resume)" if args.resume else ""
+    failed = f", {report.failed} failed" if report.failed else ""
+    _say(f"{report.written} file(s) written to {args.out}{note}{failed}")
+    return report.exit_status
+
+
+def _say(message: str) -> None:
+    print(f"jaxmatch: {message}", file=sys.stderr)
+
+
+def _printed(row) -> dict:
+    name = row.file if row.image in ("PRIMARY", "IMAGE", "*") else f"{row.file}[{row.image}]"
+    return dict(
+        exposure=name,
+        status=row.status,
+        fitRMS=row.fitRMS,
+        matchedMSE=row.matchedMSE,
+        diffImVar=row.diffImVar,
+        model=row.model,
+    )
 
 
 def _outputs(out: Path, path: Path) -> tuple[Path, Path]:
-    """``(out/NAME.fits, out/NAME.model.fits)`` for an input ``NAME.fits[.gz]``."""
-    stem = path.name
-    for suffixes in (_COMPRESSED_SUFFIXES, _FITS_SUFFIXES):
-        for suffix in suffixes:
-            if stem.lower().endswith(suffix) and len(stem) > len(suffix):
-                stem = stem[: -len(suffix)]
-                break
-    return out / f"{stem}.fits", out / f"{stem}.model.fits"
+    """``(out/NAME, out/STEM.model.fits)`` for an input ``NAME`` (`jaxmatch._outputs`)."""
+    from ._outputs import output_names
+
+    outputs = output_names(out, path, ["*"], False)
+    return outputs.matched, outputs.models["*"]
 
 
-class _NoBar:
-    def __init__(self, iterable=None):
-        self._iterable = iterable
+def _progress(iterable=None, **kwargs):
+    """A tqdm progress bar on stderr, or a silent stand-in without tqdm."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        from ._filematch import _no_progress
 
-    def __iter__(self):
-        return iter(self._iterable)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, n=1):
-        pass
-
-
-def _progress(iterable=None, *, show: bool, **kwargs):
-    """A tqdm progress bar on stderr, or a silent stand-in (also without tqdm)."""
-    if show:
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            show = False
-    if not show:
-        return _NoBar(iterable)
+        return _no_progress(iterable)
     return tqdm(iterable, file=sys.stderr, dynamic_ncols=True, **kwargs)
 
 
@@ -480,36 +453,28 @@ def _row(name, info) -> dict:
 
 
 def _fmt(value) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value)
+    return str(value) if value != "" else "-"
 
 
 def _print_table(rows) -> None:
+    if not rows:
+        return
     keys = list(rows[0])
     cells = [[_fmt(r[k]) for k in keys] for r in rows]
     widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-    print("  ".join(k.ljust(w) for k, w in zip(keys, widths)))
+    print("  ".join(k.ljust(w) for k, w in zip(keys, widths)).rstrip())
     for c in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(c, widths)))
+        print("  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip())
 
 
-def _write_table(rows, path: Path) -> None:
-    from .io import atomic_write
+def _write_table(rows, path: Path, config=None) -> None:
+    from ._filematch import summary_table, write_table
 
-    if path.suffix.lower() == ".json":
-        text = json.dumps(rows, indent=2)
-    elif path.suffix.lower() == ".csv":
-        buf = _io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        text = buf.getvalue()
-    else:
-        raise UsageError(f"--table {path}: use a .csv or .json file name")
-    atomic_write(path, lambda f: f.write(text.encode()))
+    write_table(summary_table(rows, config), path)
 
 
 if __name__ == "__main__":

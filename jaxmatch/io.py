@@ -37,6 +37,13 @@ coefficients and every `Basis` field, plus the config as a dict if given) as a
 small FITS file; `applyModel` adds a model to an exposure. See
 ``jaxmatch/_persist.py``.
 
+Folders of files
+----------------
+`match_files` does what ``jaxmatch match`` does (see ``jaxmatch/_filematch.py``):
+reads FITS files of any layout, matches them in chunks and writes each output in
+its input's layout with its header cards; it returns a `MatchReport` (one row per
+image, `summary_table` makes an astropy table of it, `write_table` writes one).
+
 Writing never leaves a half-written file: the data go to a hidden temporary file
 ``.NAME.<random>.tmp`` in the same directory, which is then renamed over the target
 (`atomic_write`). When writing fails (a folder that is missing or not writable, a
@@ -47,10 +54,8 @@ file behind; `remove_stale_temps` removes such files.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -59,11 +64,15 @@ from typing import Any, NamedTuple
 import numpy as np
 from astropy.io import fits
 
+from ._atomic import atomic_write, remove_stale_temps
 from ._exposure import DEFAULT_MASK_PLANES, Exposure
+from ._filematch import MatchReport, match_files, summary_table, write_table
+from ._fitsfile import native as _native, noise_variance as _noise_variance
 from ._persist import applyModel, readModel, readModelConfig, writeModel
 
 __all__ = [
     "ExposureWithMetadata",
+    "MatchReport",
     "applyModel",
     "atomic_write",
     "fromNDData",
@@ -71,9 +80,12 @@ __all__ = [
     "readExposureWithMetadata",
     "readModel",
     "readModelConfig",
+    "match_files",
     "remove_stale_temps",
+    "summary_table",
     "writeExposure",
     "writeModel",
+    "write_table",
 ]
 
 _PLANE_PREFIX = "MP_"
@@ -108,60 +120,50 @@ def readExposure(
 
 
 def readExposureWithMetadata(
-    path: str | os.PathLike, *, gain: float | None = None, read_noise: float | None = None
+    path: str | os.PathLike,
+    *,
+    gain: float | None = None,
+    read_noise: float | None = None,
+    hdu: str | int | None = None,
 ) -> ExposureWithMetadata:
     """Read an exposure with its primary header and WCS: ``(exposure, header, wcs)``.
 
     ``header`` is an `astropy.io.fits.Header` (structural keywords such as BITPIX
-    and NAXIS removed), ``wcs`` an `astropy.wcs.WCS` or None. Errors as
-    `readExposure`.
+    and NAXIS removed), ``wcs`` an `astropy.wcs.WCS` or None (also when the WCS
+    cards cannot be used, e.g. ``CDELT = 0``: a warning names the file). Tables
+    and empty HDUs are skipped wherever they are. A file with several images
+    (``CCD1``, ``CCD2``) needs ``hdu`` (the extension name or HDU number):
+    otherwise `ValueError` naming them. Errors as `readExposure`.
     """
+    from ._fitsfile import image_slots, open_fits, read_slot
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such FITS file: {path}")
     _check_noise(gain, read_noise)
-    try:
-        with warnings.catch_warnings():
-            # astropy only warns about a truncated file (it pads short data and drops
-            # an HDU whose header is cut): refuse such a file instead.
-            warnings.filterwarnings(
-                "error", message="(File may have been truncated|Error validating header)"
-            )
-            with fits.open(path, memmap=False) as hdus:
-                names = {h.name.upper(): h for h in hdus}
-                header = _clean_header(hdus[0].header)
-                if "IMAGE" in names:
-                    image = _native(names["IMAGE"].data)
-                    image_header = names["IMAGE"].header
-                    mask_hdu = names.get("MASK")
-                    mask = None if mask_hdu is None else _native(mask_hdu.data).astype(np.int32)
-                    planes = DEFAULT_MASK_PLANES if mask_hdu is None else _planes(mask_hdu.header)
-                    var_hdu = names.get("VARIANCE")
-                    variance = None if var_hdu is None else _native(var_hdu.data)
-                else:
-                    hdu = next((h for h in hdus if h.data is not None), None)
-                    if hdu is None:
-                        raise ValueError("no image data")
-                    image = _native(hdu.data)
-                    image_header = hdu.header
-                    if hdu is not hdus[0]:  # keep the image's keywords, as for the primary
-                        header.extend(_clean_header(image_header), unique=True)
-                    planes = DEFAULT_MASK_PLANES
-                    mask = None
-                    variance = None
-                wcs = _read_wcs(image_header)
-    except (OSError, TypeError, ValueError, IndexError, KeyError, UserWarning) as err:
-        raise ValueError(f"cannot read {path} as a FITS exposure: {err}") from err
-    if image is None or image.ndim != 2:
-        raise ValueError(
-            f"{path}: the image must be 2-D, got {None if image is None else image.shape}"
-        )
-    image = image.astype(np.float64) if not np.issubdtype(image.dtype, np.floating) else image
-    if mask is None:
-        mask = np.where(np.isfinite(image), 0, 1 << planes["NO_DATA"]).astype(np.int32)
-    if variance is None and (gain is not None or read_noise is not None):
-        variance = _noise_variance(image, gain, read_noise)
-    exposure = Exposure(image, mask, variance, mask_planes=planes)
+    with open_fits(path) as hdus:
+        slots = image_slots(hdus)
+        if not slots:
+            raise ValueError(f"cannot read {path} as a FITS exposure: it holds no 2-D image")
+        if hdu is None:
+            if len(slots) > 1:
+                keys = ", ".join(s.key for s in slots)
+                raise ValueError(
+                    f"{path} holds {len(slots)} images ({keys}): pass hdu= one of them "
+                    "(jaxmatch match matches each)"
+                )
+            slot = slots[0]
+        else:
+            wanted = [s for s in slots if s.index == hdu or s.key == str(hdu).upper()]
+            if not wanted:
+                raise ValueError(f"{path} has no image hdu={hdu!r}; its images: {slots}")
+            slot = wanted[0]
+        exposure = read_slot(hdus, slot, path, gain=gain, read_noise=read_noise)
+        header = _clean_header(hdus[0].header)
+        image_header = hdus[slot.index].header
+        if slot.index != 0 and not slot.lsst:  # the image's keywords, as for the primary
+            header.extend(_clean_header(image_header), unique=True)
+        wcs = _read_wcs(image_header, path)
     return ExposureWithMetadata(exposure, header, wcs)
 
 
@@ -235,7 +237,7 @@ def fromNDData(
 
     if not isinstance(nddata, NDData):
         raise TypeError(f"expected an astropy NDData/CCDData, got {type(nddata).__name__}")
-    image = np.asarray(nddata.data)
+    image = _native(np.asarray(nddata.data))  # CCDData.read gives big-endian arrays
     if image.ndim != 2:
         raise ValueError(f"the NDData image must be 2-D, got shape {image.shape}")
     if not np.issubdtype(image.dtype, np.floating):
@@ -247,7 +249,7 @@ def fromNDData(
     finite = np.isfinite(image)
     mask = np.where(finite, 0, 1 << planes["NO_DATA"]).astype(np.int32)
     if nddata.mask is not None:
-        given = np.asarray(nddata.mask)
+        given = _native(np.asarray(nddata.mask))
         if given.shape != image.shape:
             raise ValueError(f"mask shape {given.shape} differs from image shape {image.shape}")
         if given.dtype == bool:
@@ -271,88 +273,12 @@ def fromNDData(
     return Exposure(image, mask, variance, mask_planes=planes)
 
 
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(file_object)`` on a temporary file, then rename it to ``path``.
-
-    The temporary file is ``.NAME.<random>.tmp`` in the folder of ``path``. On any
-    failure it is removed and ``path`` keeps its old content (or stays absent); an
-    `OSError` (folder missing or not writable, disk full, ...) is raised again as one
-    of the same kind (same ``errno``) whose message names ``path``.
-    """
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise _naming(err, path) from err
-    try:
-        with os.fdopen(fd, "wb") as f:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(err, OSError):
-            raise _naming(err, path) from err
-        raise
-
-
-# The temporary files of `atomic_write`: "." + the target's name + "." + tempfile's
-# 8 random letters, digits and underscores + ".tmp".
-_TEMP_NAME = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp")
-
-
-def remove_stale_temps(paths) -> list[Path]:
-    """Remove the temporary files that `atomic_write` left for ``paths`` when killed.
-
-    A process killed mid-write (SIGKILL, power loss) leaves ``.NAME.<random>.tmp``
-    next to the target ``NAME``. Only such files, for the names in ``paths``, are
-    removed; a file being written right now by another process is one of them, so do
-    not call this while another process may write the same targets. Returns the
-    removed files.
-    """
-    targets: dict[Path, set[str]] = {}
-    for path in map(Path, paths):
-        targets.setdefault(path.parent, set()).add(path.name)
-    removed = []
-    for folder, names in targets.items():
-        if not folder.is_dir():
-            continue
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                match = _TEMP_NAME.fullmatch(entry.name)
-                if match and match["target"] in names and entry.is_file(follow_symlinks=False):
-                    removed.append(Path(entry.path))
-    for stale in removed:
-        stale.unlink()
-    return sorted(removed)
-
-
-def _naming(err: OSError, path: Path) -> OSError:
-    """``err`` as an OSError of the same kind (same ``errno``) whose message names ``path``."""
-    if err.errno is None:
-        return OSError(f"cannot write {path}: {err}")
-    return OSError(err.errno, f"cannot write {path}: {err.strerror or os.strerror(err.errno)}")
-
-
 # -- helpers ------------------------------------------------------------------------------
 def _check_noise(gain, read_noise) -> None:
     if gain is not None and not (np.isfinite(gain) and gain > 0):
         raise ValueError(f"gain must be a finite number > 0 [e-/ADU], got {gain!r}")
     if read_noise is not None and not (np.isfinite(read_noise) and read_noise >= 0):
         raise ValueError(f"read_noise must be a finite number >= 0 [ADU], got {read_noise!r}")
-
-
-def _noise_variance(image: np.ndarray, gain, read_noise) -> np.ndarray:
-    """``max(image, 0) / gain + read_noise²`` [ADU²]; infinite on non-finite pixels."""
-    with np.errstate(invalid="ignore"):
-        shot = 0.0 if gain is None else np.maximum(image, 0) / gain
-    var = shot + (0.0 if read_noise is None else float(read_noise) ** 2)
-    return np.where(np.isfinite(image), var, np.inf).astype(image.dtype)
 
 
 def _uncertainty_variance(uncertainty, data_unit) -> np.ndarray:
@@ -402,23 +328,31 @@ def _wcs_header(wcs) -> fits.Header:
     if to_header is None:
         raise TypeError(f"wcs must be an astropy.wcs.WCS, got {type(wcs).__name__}")
     from astropy.wcs import WCSHDO_P17, WCSHDO_all
+    from astropy.wcs.wcs import WCSHDO_SIP
 
-    # 17 significant digits (wcslib writes 14 by default): the WCS survives exactly.
-    header = to_header(relax=WCSHDO_all | WCSHDO_P17)
+    # 17 significant digits (wcslib writes 14 by default): the WCS survives exactly;
+    # WCSHDO_SIP keeps a SIP distortion (and the -SIP of CTYPE).
+    header = to_header(relax=WCSHDO_all | WCSHDO_P17 | WCSHDO_SIP)
     for card in header.cards:  # a 17-digit value leaves no room for some comments
         if len(str(card)) > 80:
             header.comments[card.keyword] = ""
     return header
 
 
-def _read_wcs(header: fits.Header):
+def _read_wcs(header: fits.Header, path=None):
     if not any(_WCS_KEY.match(k) for k in header.keys()):
         return None
     from astropy.wcs import WCS, FITSFixedWarning
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)  # astropy's notes on fixes it made
-        return WCS(header)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)  # astropy's notes on fixes it made
+            wcs = WCS(header)
+            wcs.pixel_to_world_values(0.0, 0.0)  # a singular matrix (CDELT = 0) fails here
+            return wcs
+    except Exception as err:  # noqa: BLE001 - matching needs no WCS: warn, go on without
+        warnings.warn(f"{path}: its WCS cannot be used ({err}); read without a WCS", stacklevel=3)
+        return None
 
 
 def _plane_keyword(name: str) -> str:
@@ -431,20 +365,3 @@ def _plane_keyword(name: str) -> str:
     return "HIERARCH " + key
 
 
-def _planes(header) -> dict[str, int]:
-    planes = {
-        k[len(_PLANE_PREFIX) :]: int(v) for k, v in header.items() if k.startswith(_PLANE_PREFIX)
-    }
-    return planes or dict(DEFAULT_MASK_PLANES)
-
-
-def _native(data):
-    """The array in native byte order (FITS is big-endian)."""
-    if data is None:
-        return None
-    data = np.asarray(data)
-    return (
-        data.astype(data.dtype.newbyteorder("="))
-        if data.dtype.byteorder not in ("=", "|")
-        else data
-    )

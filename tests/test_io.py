@@ -1,6 +1,7 @@
 """Tests of FITS input/output: exposures (with header and WCS), NDData, model files."""
 
 import errno
+import json
 import os
 import re
 import signal
@@ -760,3 +761,124 @@ def test_read_model_errors(tmp_path, rng):
         hdus[0].header["ORDER_X"] = 5  # the coefficients no longer fit the basis
     with pytest.raises(ValueError, match="do not fit the basis"):
         readModel(tmp_path / "m.fits")
+
+
+# -- files as they come: tables, several images, odd WCS, sources --------------------------
+def test_a_table_before_the_image_is_skipped(tmp_path, rng):
+    image = rng.normal(100, 5, (32, 32)).astype(">f4")
+    table = fits.BinTableHDU.from_columns([fits.Column(name="x", format="E", array=[1, 2, 3])])
+    fits.HDUList([fits.PrimaryHDU(), table, fits.ImageHDU(image, name="SCI")]).writeto(
+        tmp_path / "t.fits"
+    )
+    np.testing.assert_array_equal(np.asarray(readExposure(tmp_path / "t.fits").image), image)
+
+
+def test_several_images_need_hdu(tmp_path, rng):
+    images = [rng.normal(100, 5, (16, 16)).astype(np.float32) for _ in range(2)]
+    hdus = [fits.PrimaryHDU()] + [
+        fits.ImageHDU(a, name=f"CCD{i + 1}") for i, a in enumerate(images)
+    ]
+    fits.HDUList(hdus).writeto(tmp_path / "mef.fits")
+    with pytest.raises(ValueError, match=r"mef.fits holds 2 images \(CCD1, CCD2\)"):
+        readExposure(tmp_path / "mef.fits")
+    exposure, _, _ = readExposureWithMetadata(tmp_path / "mef.fits", hdu="ccd2")
+    np.testing.assert_array_equal(np.asarray(exposure.image), images[1])
+
+
+def test_a_wcs_with_cdelt_zero_does_not_block_reading(tmp_path, rng):
+    header = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CDELT1": 0.0})
+    fits.PrimaryHDU(rng.normal(0, 1, (16, 16)).astype(np.float32), header).writeto(
+        tmp_path / "lab.fits"
+    )
+    with pytest.warns(UserWarning, match="lab.fits: its WCS cannot be used"):
+        exposure, header, wcs = readExposureWithMetadata(tmp_path / "lab.fits")
+    assert wcs is None and exposure.getBBoxShape() == (16, 16) and header["CDELT1"] == 0.0
+
+
+def test_sip_distortion_survives_write_exposure(tmp_path, rng):
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"]
+    wcs.wcs.crpix, wcs.wcs.crval, wcs.wcs.cdelt = [8, 8], [35.0, -4.5], [-5e-5, 5e-5]
+    from astropy.wcs import Sip
+
+    a = np.zeros((3, 3))
+    a[0, 2], a[2, 0] = 2e-5, 1.5e-5
+    wcs.sip = Sip(a, np.zeros((3, 3)), None, None, wcs.wcs.crpix)
+    exposure = Exposure(rng.normal(0, 1, (16, 16)).astype(np.float32))
+    writeExposure(exposure, tmp_path / "sip.fits", wcs=wcs)
+    _, _, back = readExposureWithMetadata(tmp_path / "sip.fits")
+    assert back.sip is not None
+    corner = np.array([[0.0, 0.0], [15.0, 15.0]])
+    np.testing.assert_allclose(back.all_pix2world(corner, 0), wcs.all_pix2world(corner, 0))
+
+
+def test_ascii_card_text_round_trips_any_name():
+    import urllib.parse
+
+    from jaxmatch._fitsfile import ascii_card_text
+
+    for name in ["visite é 1.fits", "星.fits", "a'b\".fits", "tab\there.fits"]:
+        text = ascii_card_text(name)
+        assert text.isascii() and text.isprintable() and urllib.parse.unquote(text) == name
+
+
+def test_detect_sources_marks_stars_not_the_gradient_nor_the_noise(rng):
+    """A sloped background (20 ADU across) with noise σ = 5 and ten stars of peak 60σ:
+    every star's core is DETECTED, fewer than 1 % of the pure-noise pixels are."""
+    from jaxmatch._sources import detect_sources
+
+    yy, xx = np.mgrid[:128, :128].astype(float)
+    image = 1000 + 20 * xx / 127 + rng.normal(0, 5, (128, 128))
+    stars = rng.uniform(10, 118, (10, 2))
+    near = np.zeros((128, 128), bool)
+    for y, x in stars:
+        r2 = (yy - y) ** 2 + (xx - x) ** 2
+        image += 300 * np.exp(-r2 / (2 * 1.5**2))
+        near |= r2 < 8**2
+    exposure = detect_sources(Exposure(image.astype(">f4").astype(np.float32)))
+    detected = (np.asarray(exposure.mask) & (1 << DEFAULT_MASK_PLANES["DETECTED"])) != 0
+    for y, x in stars:
+        assert detected[int(round(y)), int(round(x))]
+    assert detected[~near].mean() < 0.01
+    np.testing.assert_array_equal(np.asarray(exposure.image), image.astype(np.float32))
+
+
+def test_summary_tables_in_every_format(tmp_path):
+    from astropy.table import Table
+
+    from jaxmatch._filematch import ImageRow, summary_table, write_table
+
+    rows = [
+        ImageRow("a é.fits", "*", "reference", True, np.nan, np.nan, np.nan, "", ""),
+        ImageRow("b.fits", "*", "matched", False, 0.5, 2.0, 3.0, "spline LINEAR", ""),
+    ]
+    table = summary_table(rows, MatchBackgroundsConfig(binSize=64))
+    for suffix in (".ecsv", ".fits", ".csv", ".json"):
+        write_table(table, tmp_path / f"t{suffix}")
+    back = Table.read(tmp_path / "t.ecsv")
+    assert str(back["fitRMS"].unit) == "adu" and back.meta["config"]["binSize"] == 64
+    assert list(back["status"]) == ["reference", "matched"] and np.isnan(back["fitRMS"][0])
+    assert Table.read(tmp_path / "t.fits")["matchedMSE"].unit == "adu2"
+    records = json.loads((tmp_path / "t.json").read_text())  # strict JSON: no NaN
+    assert records[0]["fitRMS"] is None and records[1]["fitRMS"] == 0.5
+    assert records[0]["file"] == "a é.fits" and records[0]["reference"] is True
+    with pytest.raises(ValueError, match="use a .ecsv"):
+        write_table(table, tmp_path / "t.txt")
+
+
+def test_ccddata_read_from_disk_is_big_endian_and_works(tmp_path, rng):
+    """`CCDData.read` returns the file's big-endian arrays; `fromNDData` takes them."""
+    from astropy.nddata import CCDData
+
+    image = rng.normal(100, 5, (16, 16)).astype(np.float32)
+    ccd = CCDData(
+        image, unit="adu", mask=image > 110, uncertainty=StdDevUncertainty(np.full((16, 16), 5.0))
+    )
+    ccd.write(tmp_path / "ccd.fits")
+    back = CCDData.read(tmp_path / "ccd.fits")
+    assert back.data.dtype.byteorder == ">"
+    exposure = fromNDData(back)
+    np.testing.assert_array_equal(np.asarray(exposure.image), image)
+    np.testing.assert_allclose(np.asarray(exposure.variance), 25.0)
+    bad = 1 << DEFAULT_MASK_PLANES["BAD"]
+    np.testing.assert_array_equal((np.asarray(exposure.mask) & bad) != 0, image > 110)

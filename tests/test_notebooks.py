@@ -27,6 +27,7 @@ TINY = {
     "lsst_usage.ipynb": "N, SIZE, BIN = 3, 64, 16",
     "gpu_batching.ipynb": "N, SIZE, BIN, REPEATS = 3, 64, 16, 1",
     "tuning.ipynb": "N, SIZE, BIN = 3, 64, 16\nSCAN, STEPS = 3, 2",
+    "fits_workflow.ipynb": "N, SIZE, BIN = 3, 64, 16",
 }
 CELL_TIMEOUT = 300  # [s] per cell; a tiny cell takes a few seconds
 
