@@ -26,6 +26,7 @@ from jaxtyping import Array, Bool, Float
 from ._akima import akima_grid
 from ._chebyshev import chebyshev_matrix, to_unit_interval
 from ._config import MatchBackgroundsConfig
+from ._custom_types import AnyArray
 from ._separable import constant_if_known, outer_sum
 from ._spline import DEGREE, cardinal_basis, difference_matrix
 from ._undersample import ActiveTerms, all_terms_active, chebyshev_active_terms
@@ -67,11 +68,11 @@ class AbstractBasis(metaclass=_BasisMeta):
         """``(ky, kx)``: the shape of the coefficient matrix ``C``."""
 
     @abc.abstractmethod
-    def matrix_y(self, y: Float[Array, " n"]) -> Float[Array, "n ky"]:
+    def matrix_y(self, y: Float[AnyArray, " n"]) -> Float[Array, "n ky"]:
         """``Y_p(y)`` for pixel rows ``y`` [pixels] (the linear fitting basis)."""
 
     @abc.abstractmethod
-    def matrix_x(self, x: Float[Array, " n"]) -> Float[Array, "n kx"]:
+    def matrix_x(self, x: Float[AnyArray, " n"]) -> Float[Array, "n kx"]:
         """``X_q(x)`` for pixel columns ``x`` [pixels] (the linear fitting basis)."""
 
     @abc.abstractmethod
@@ -93,7 +94,10 @@ class AbstractBasis(metaclass=_BasisMeta):
         """The terms the fit may use given the valid bins ``(ny, nx)`` (§5)."""
 
     def evaluate(
-        self, coefficients: Float[Array, "ky kx"], y: Float[Array, " ny"], x: Float[Array, " nx"]
+        self,
+        coefficients: Float[Array, "ky kx"],
+        y: Float[AnyArray, " ny"],
+        x: Float[AnyArray, " nx"],
     ) -> Float[Array, "ny nx"]:
         """The model on the grid ``y × x`` of pixel coordinates, separably."""
         left = constant_if_known(self.matrix_y, y) @ coefficients
@@ -124,10 +128,16 @@ class ChebyshevBasis(AbstractBasis):
     def coefficient_shape(self) -> tuple[int, int]:
         return (self.order_y + 1, self.order_x + 1)
 
-    def matrix_y(self, y: Float[Array, " n"]) -> Float[Array, "n ky"]:
+    @property
+    def style(self) -> str:
+        """``""``: no interpolation style (the field of the single ``Basis`` class of
+        earlier versions, as model files record it)."""
+        return ""
+
+    def matrix_y(self, y: Float[AnyArray, " n"]) -> Float[Array, "n ky"]:
         return chebyshev_matrix(to_unit_interval(y, self.shape[0]), self.order_y)
 
-    def matrix_x(self, x: Float[Array, " n"]) -> Float[Array, "n kx"]:
+    def matrix_x(self, x: Float[AnyArray, " n"]) -> Float[Array, "n kx"]:
         return chebyshev_matrix(to_unit_interval(x, self.shape[1]), self.order_x)
 
     def penalty_rows(self, dtype: Any) -> np.ndarray:
@@ -174,14 +184,27 @@ class SplineBasis(AbstractBasis):
     def coefficient_shape(self) -> tuple[int, int]:
         return (len(self.knots_y), len(self.knots_x))
 
-    def matrix_y(self, y: Float[Array, " n"]) -> Float[Array, "n ky"]:
+    @property
+    def order_y(self) -> int:
+        """``0``: no Chebyshev order (as model files record it)."""
+        return 0
+
+    @property
+    def order_x(self) -> int:
+        """``0``: no Chebyshev order (as model files record it)."""
+        return 0
+
+    def matrix_y(self, y: Float[AnyArray, " n"]) -> Float[Array, "n ky"]:
         return cardinal_basis(y, np.asarray(self.knots_y), DEGREE[self.style])
 
-    def matrix_x(self, x: Float[Array, " n"]) -> Float[Array, "n kx"]:
+    def matrix_x(self, x: Float[AnyArray, " n"]) -> Float[Array, "n kx"]:
         return cardinal_basis(x, np.asarray(self.knots_x), DEGREE[self.style])
 
     def evaluate(
-        self, coefficients: Float[Array, "ky kx"], y: Float[Array, " ny"], x: Float[Array, " nx"]
+        self,
+        coefficients: Float[Array, "ky kx"],
+        y: Float[AnyArray, " ny"],
+        x: Float[AnyArray, " nx"],
     ) -> Float[Array, "ny nx"]:
         """The model on ``y × x``; ``AKIMA_SPLINE`` by Akima interpolation of the knot
         values (fitted with the natural cubic basis, `_model`)."""

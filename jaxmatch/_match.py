@@ -86,21 +86,23 @@ class MatchResult(eqx.Module):
       valid bin (``m`` of the undersampling rule).
     - ``bin_size``: ``(N,)`` bin size used (differs from ``binSize`` after
       INCREASE_NXNYSAMPLE).
+
+    `match_one` returns the same record for one exposure, without the axis N.
     """
 
     model: BackgroundModel
-    covariance: Float[Array, "N K K"]
-    matched: Float[Array, "N H W"]
-    fitRMS: Float[Array, " N"]
-    matchedMSE: Float[Array, " N"]
-    diffImVar: Float[Array, " N"]
-    status: Int[Array, " N"]
-    grid_values: Float[Array, "N ny nx"]
-    grid_errors: Float[Array, "N ny nx"]
-    grid_weights: Float[Array, "N ny nx"]
-    effective_order: Int[Array, "N 2"]
-    min_sampled: Int[Array, " N"]
-    bin_size: Int[Array, " N"]
+    covariance: Float[Array, "*N K K"]
+    matched: Float[Array, "*N H W"]
+    fitRMS: Float[Array, " *N"]
+    matchedMSE: Float[Array, " *N"]
+    diffImVar: Float[Array, " *N"]
+    status: Int[Array, " *N"]
+    grid_values: Float[Array, "*N ny nx"]
+    grid_errors: Float[Array, "*N ny nx"]
+    grid_weights: Float[Array, "*N ny nx"]
+    effective_order: Int[Array, "*N 2"]
+    min_sampled: Int[Array, " *N"]
+    bin_size: Int[Array, " *N"]
 
 
 def match_one(
