@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import jax.numpy as jnp
 import numpy as np
@@ -210,7 +210,8 @@ class SplineBasis(AbstractBasis):
         values (fitted with the natural cubic basis, `_model`)."""
         if self.style == "AKIMA_SPLINE":
             ty, tx = np.asarray(self.knots_y), np.asarray(self.knots_x)
-            return akima_grid(coefficients, ty, tx, y, x)
+            # akima_grid takes NumPy pixel grids as trace-time constants too.
+            return akima_grid(coefficients, ty, tx, cast(Array, y), cast(Array, x))
         return super().evaluate(coefficients, y, x)
 
     def penalty_rows(self, dtype: Any) -> np.ndarray:

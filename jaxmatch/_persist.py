@@ -17,6 +17,8 @@ The round trip is exact: the loaded `Basis` equals the saved one (so a jitted
 function taking the model does not recompile) and ``getImage()`` is bit for bit
 the same.
 """
+# pyright: reportAttributeAccessIssue=false, reportAbstractUsage=false
+# (astropy's stubs type hdul[name] as HDUList; each family's fields are read under its KIND.)
 
 from __future__ import annotations
 

@@ -74,7 +74,7 @@ def same_edges(a: Edges, b: Edges) -> bool:
     return len(a[0]) == len(b[0]) and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
-def plan_fit(config: MatchBackgroundsConfig, shape: tuple[int, int], bin_size: int) -> FitPlan:
+def plan_fit(config: MatchBackgroundsConfig, shape: tuple[int, ...], bin_size: int) -> FitPlan:
     """Check the static (shape-only) conditions and lay out the fit.
 
     ``bin_size`` is the fit grid's (``binSize``, or the re-binned size of
@@ -86,7 +86,7 @@ def plan_fit(config: MatchBackgroundsConfig, shape: tuple[int, int], bin_size: i
     spline path when an axis has too few bins for ``interpStyle`` and
     ``undersampleStyle`` is not ``REDUCE_INTERP_ORDER``.
     """
-    h, w = shape
+    h, w = shape  # (H, W)
     fit_y, fit_x = cell_edges(h, bin_size), cell_edges(w, bin_size)
     diag_y, diag_x = bin_edges(h, config.binSize), bin_edges(w, config.binSize)
     if config.usePolynomial:

@@ -40,6 +40,8 @@ created or written, a full disk: the outputs written before stay complete); 2 a 
 command line or config; 130 interrupted. Errors are one line on stderr,
 ``jaxmatch: error: ...``, naming the file.
 """
+# pyright: reportArgumentType=false, reportAttributeAccessIssue=false, reportCallIssue=false
+# (Struct fields are dynamic, and Optional models are checked before use.)
 
 from __future__ import annotations
 
