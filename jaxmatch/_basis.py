@@ -93,6 +93,12 @@ class AbstractBasis(metaclass=_BasisMeta):
     ) -> ActiveTerms:
         """The terms the fit may use given the valid bins ``(ny, nx)`` (§5)."""
 
+    @classmethod
+    @abc.abstractmethod
+    def from_fields(cls, shape: tuple[int, int], fields: dict[str, Any]) -> AbstractBasis:
+        """The basis from the fields a model file records (those it has; the fields
+        of the other family are ignored)."""
+
     def evaluate(
         self,
         coefficients: Float[Array, "ky kx"],
@@ -139,6 +145,10 @@ class ChebyshevBasis(AbstractBasis):
 
     def matrix_x(self, x: Float[AnyArray, " n"]) -> Float[Array, "n kx"]:
         return chebyshev_matrix(to_unit_interval(x, self.shape[1]), self.order_x)
+
+    @classmethod
+    def from_fields(cls, shape: tuple[int, int], fields: dict[str, Any]) -> ChebyshevBasis:
+        return cls(shape, order_y=int(fields["order_y"]), order_x=int(fields["order_x"]))
 
     def penalty_rows(self, dtype: Any) -> np.ndarray:
         """The order-weighted ridge ``Σ (p + q)² C[p, q]²`` (the constant is free)."""
@@ -214,6 +224,11 @@ class SplineBasis(AbstractBasis):
             return akima_grid(coefficients, ty, tx, cast(Array, y), cast(Array, x))
         return super().evaluate(coefficients, y, x)
 
+    @classmethod
+    def from_fields(cls, shape: tuple[int, int], fields: dict[str, Any]) -> SplineBasis:
+        knots_y, knots_x = (tuple(map(float, fields[k])) for k in ("knots_y", "knots_x"))
+        return cls(shape, style=str(fields["style"]), knots_y=knots_y, knots_x=knots_x)
+
     def penalty_rows(self, dtype: Any) -> np.ndarray:
         """Second (degree 0: first) differences of the knot values along each axis."""
         ky, kx = self.coefficient_shape
@@ -252,10 +267,7 @@ def basis_from_fields(
 ) -> AbstractBasis:
     """The basis named by ``kind`` (``CHEBYSHEV`` or ``SPLINE``) from the fields of the
     model-file format; the fields of the other family are ignored."""
-    if kind == "CHEBYSHEV":
-        return ChebyshevBasis(tuple(shape), order_y=order_y, order_x=order_x)  # type: ignore[arg-type]
-    if kind == "SPLINE":
-        return SplineBasis(
-            tuple(shape), style=style, knots_y=tuple(knots_y), knots_x=tuple(knots_x)
-        )  # type: ignore[arg-type]
-    raise ValueError(f"kind must be one of {tuple(_FAMILIES)}, got {kind!r}")
+    if kind not in _FAMILIES:
+        raise ValueError(f"kind must be one of {tuple(_FAMILIES)}, got {kind!r}")
+    fields = dict(order_y=order_y, order_x=order_x, style=style, knots_y=knots_y, knots_x=knots_x)
+    return _FAMILIES[kind].from_fields((int(shape[0]), int(shape[1])), fields)
