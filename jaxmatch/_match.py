@@ -27,6 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from ._basis import (
+    CHEBYSHEV_ROUGHNESS_FLOOR as CHEBYSHEV_ROUGHNESS_FLOOR,
+    SPLINE_ROUGHNESS_FLOOR as SPLINE_ROUGHNESS_FLOOR,
+)
 from ._batch import cast_exposure, in_chunks, pad_batch, sharded, working_dtype
 from ._binning import CellStats, grid_statistics
 from ._compile import filter_jit
@@ -62,7 +66,12 @@ from ._status import (
     fit_status,
     fitted as fitted,
 )
-from ._undersample import chebyshev_active_terms, chebyshev_orders
+from ._undersample import (
+    RANK_TOLERANCE as RANK_TOLERANCE,
+    chebyshev_active_terms,
+    chebyshev_orders,
+    determined_degree,
+)
 
 
 class MatchResult(eqx.Module):
@@ -337,6 +346,7 @@ _in_chunks = in_chunks
 _sharded = sharded
 _orders = chebyshev_orders
 _same_edges = same_edges
+_determined_degree = determined_degree
 
 
 def _active_terms(
