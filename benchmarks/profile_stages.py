@@ -29,6 +29,7 @@ from data import make_case  # noqa: E402
 import jaxmatch  # noqa: E402
 from jaxmatch import _match as jm  # noqa: E402
 from jaxmatch._binning import (  # noqa: E402
+    cell_centres,
     grid_statistics,
     masked_statistic,
     split_cells,
@@ -36,6 +37,7 @@ from jaxmatch._binning import (  # noqa: E402
 from jaxmatch._compile import CPU_REDUCTION_OPTIONS  # noqa: E402
 from jaxmatch._diagnostics import centre_pixels, fit_rms, matched_mse  # noqa: E402
 from jaxmatch._solve import solve_least_squares  # noqa: E402
+from jaxmatch._spline import DEGREE, difference_matrix  # noqa: E402
 
 
 def timed(fn, *args, repeats=5):
@@ -144,14 +146,14 @@ def main(argv=None):
     jax.block_until_ready(full)
 
     # Build the solve exactly as _match_one does, from grid values/weights.
-    cy = jnp.asarray(jm.cell_centres(*plan.fit_y), dtype=dtype)
-    cx = jnp.asarray(jm.cell_centres(*plan.fit_x), dtype=dtype)
+    cy = jnp.asarray(cell_centres(*plan.fit_y), dtype=dtype)
+    cx = jnp.asarray(cell_centres(*plan.fit_x), dtype=dtype)
     by, bx = basis.matrix_y(cy), basis.matrix_x(cx)
     ky, kx = coef_shape
     design = jnp.einsum("ap,bq->abpq", by, bx).reshape(-1, ky * kx)
     if basis.kind == "SPLINE":
-        degree = jm.DEGREE[basis.style]
-        dy, dx = jm.difference_matrix(ky, degree), jm.difference_matrix(kx, degree)
+        degree = DEGREE[basis.style]
+        dy, dx = difference_matrix(ky, degree), difference_matrix(kx, degree)
         penalty = np.concatenate([np.kron(dy, np.eye(kx)), np.kron(np.eye(ky), dx)])
         penalty = penalty.astype(dtype)  # NumPy, as match passes it (the smaller QR)
     else:
@@ -166,9 +168,9 @@ def main(argv=None):
         )
 
     def stage_prepare(s):  # the library's own "everything before the solve", if it has one
-        hyper = jm._hyperparameters(config, dtype, None, None, None)
+        hyper = jm.hyperparameters(config, dtype, None, None, None)
         fit = jm.prepare_fit(ref, s, hyper, bits_r, bits_s, config, plan, with_diff_im_var=True)
-        return fit["z"], fit["sqrt_w"], fit["diff_im_var"]
+        return fit.grid.z, fit.grid.sqrt_w, fit.grid.diff_im_var
 
     def full_match():
         return jaxmatch.match(ref, sci, config, raise_on_failure=False)

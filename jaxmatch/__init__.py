@@ -22,11 +22,18 @@ from ._global import (
 from ._match import (
     STATUS_MESSAGES as STATUS_MESSAGES,
     MatchResult as MatchResult,
+    Status as Status,
     check_result as check_result,
     fitted as fitted,
     match as match,
 )
-from ._model import BackgroundModel as BackgroundModel, Basis as Basis
+from ._model import (
+    AbstractBasis as AbstractBasis,
+    BackgroundModel as BackgroundModel,
+    Basis as Basis,
+    ChebyshevBasis as ChebyshevBasis,
+    SplineBasis as SplineBasis,
+)
 from ._reference import (
     reference_costs as reference_costs,
     reference_statistics as reference_statistics,

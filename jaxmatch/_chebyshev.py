@@ -13,14 +13,17 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ._custom_types import AnyArray
 
-def to_unit_interval(coords: Float[Array, " n"], length: int) -> Float[Array, " n"]:
+
+def to_unit_interval(coords: Float[AnyArray, " n"], length: int) -> Float[AnyArray, " n"]:
     """Map pixel coordinates of an axis of ``length`` pixels onto [-1, 1]."""
     return 2.0 * (coords + 0.5) / length - 1.0
 
 
-def chebyshev_matrix(t: Float[Array, " n"], order: int) -> Float[Array, "n order+1"]:
-    """``T_0(t) … T_order(t)`` by the recurrence ``T_{k+1} = 2 t T_k - T_{k-1}``."""
+def chebyshev_matrix(t: Float[AnyArray, " n"], order: int) -> Float[Array, "n k"]:
+    """``T_0(t) … T_order(t)`` (``k = order + 1`` columns) by the recurrence
+    ``T_{k+1} = 2 t T_k - T_{k-1}``."""
     t = jnp.asarray(t)
     columns = [jnp.ones_like(t)]
     if order >= 1:

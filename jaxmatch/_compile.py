@@ -25,6 +25,7 @@ import functools
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 
 CPU_REDUCTION_OPTIONS = {
@@ -54,7 +55,8 @@ def filter_jit(fun=None, /, **jit_kwargs):
     """
     if fun is None:
         return functools.partial(filter_jit, **jit_kwargs)
-    fast = eqx.filter_jit(fun, compiler_options=CPU_REDUCTION_OPTIONS, **jit_kwargs)
+    # equinox forwards compiler_options to jax.jit; its overloads do not list it.
+    fast = eqx.filter_jit(fun, compiler_options=CPU_REDUCTION_OPTIONS, **jit_kwargs)  # pyright: ignore[reportCallIssue]
     plain = eqx.filter_jit(fun, **jit_kwargs)
 
     @functools.wraps(fun)

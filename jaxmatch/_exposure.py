@@ -4,6 +4,8 @@ An exposure is a JAX pytree (an `equinox.Module`): its three planes are array
 leaves and its mask-plane dictionary is static. Exposures of one patch stack into
 a batch with a leading axis, ``(N, H, W)``, with `stack_exposures`.
 """
+# pyright: reportReturnType=false
+# (an (H, W) shape slice is typed tuple[int, ...].)
 
 from __future__ import annotations
 

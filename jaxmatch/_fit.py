@@ -8,13 +8,13 @@ tuning losses (refits with held-out bins) all go through these two functions.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from ._binning import code_unusable, grid_statistics
+from ._binning import CellStats, code_unusable, grid_statistics
 from ._config import MatchBackgroundsConfig
 from ._exposure import Exposure, usable_mask
 from ._plan import FitPlan, FitProblem, fit_problem
@@ -194,11 +194,17 @@ def bin_difference(
 
     if with_diff_im_var:
         variances = (ref.variance, sci.variance)  # diffImVar: over usable, finite pixels
-        (value, s, m, n), (var_value, _, _, _) = grid_statistics(
-            diff, None, plan.fit_y, plan.fit_x, *statistic, pooled=(variances, None)
+        stats, pooled = cast(
+            tuple[CellStats, CellStats],
+            grid_statistics(
+                diff, None, plan.fit_y, plan.fit_x, *statistic, pooled=(variances, None)
+            ),
         )
+        value, s, m, n = stats
+        var_value = pooled[0]
     else:
-        value, s, m, n = grid_statistics(diff, None, plan.fit_y, plan.fit_x, *statistic)
+        stats = cast(CellStats, grid_statistics(diff, None, plan.fit_y, plan.fit_x, *statistic))
+        value, s, m, n = stats
         var_value = None
     valid = n >= 2
     eps = config.gridStdevEpsilon
@@ -294,5 +300,6 @@ def solve_prepared(
         with_covariance=with_covariance,
     )
     if with_covariance:
-        return out[0] + offset * problem.constant, out[1]
-    return out + offset * problem.constant
+        coef, cov = cast(tuple[Array, Array], out)
+        return coef + offset * problem.constant, cov
+    return cast(Array, out) + offset * problem.constant

@@ -46,6 +46,8 @@ freedom no longer match it, and ``chi2_reduced`` falls roughly with the fraction
 of pairs kept (0.97 → 0.25 from all pairs to 476 of 2016 in the N = 64
 benchmark): the models stay right, their covariances are then approximate.
 """
+# pyright: reportIndexIssue=false, reportAttributeAccessIssue=false, reportAssignmentType=false, reportArgumentType=false
+# (stage dicts and grid_statistics' union return, until the global solve has typed records.)
 
 from __future__ import annotations
 

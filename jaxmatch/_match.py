@@ -17,16 +17,22 @@ without recompiling.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from ._batch import cast, in_chunks, pad_batch, sharded, working_dtype
-from ._binning import grid_statistics
+from ._basis import (
+    CHEBYSHEV_ROUGHNESS_FLOOR as CHEBYSHEV_ROUGHNESS_FLOOR,
+    SPLINE_ROUGHNESS_FLOOR as SPLINE_ROUGHNESS_FLOOR,
+)
+from ._batch import cast_exposure, in_chunks, pad_batch, sharded, working_dtype
+from ._binning import CellStats, grid_statistics
 from ._compile import filter_jit
 from ._config import MatchBackgroundsConfig
 from ._diagnostics import centre_pixels, fit_rms, matched_mse
@@ -60,7 +66,12 @@ from ._status import (
     fit_status,
     fitted as fitted,
 )
-from ._undersample import chebyshev_active_terms, chebyshev_orders
+from ._undersample import (
+    RANK_TOLERANCE as RANK_TOLERANCE,
+    chebyshev_active_terms,
+    chebyshev_orders,
+    determined_degree,
+)
 
 
 class MatchResult(eqx.Module):
@@ -86,21 +97,23 @@ class MatchResult(eqx.Module):
       valid bin (``m`` of the undersampling rule).
     - ``bin_size``: ``(N,)`` bin size used (differs from ``binSize`` after
       INCREASE_NXNYSAMPLE).
+
+    `match_one` returns the same record for one exposure, without the axis N.
     """
 
     model: BackgroundModel
-    covariance: Float[Array, "N K K"]
-    matched: Float[Array, "N H W"]
-    fitRMS: Float[Array, " N"]
-    matchedMSE: Float[Array, " N"]
-    diffImVar: Float[Array, " N"]
-    status: Int[Array, " N"]
-    grid_values: Float[Array, "N ny nx"]
-    grid_errors: Float[Array, "N ny nx"]
-    grid_weights: Float[Array, "N ny nx"]
-    effective_order: Int[Array, "N 2"]
-    min_sampled: Int[Array, " N"]
-    bin_size: Int[Array, " N"]
+    covariance: Float[Array, "*N K K"]
+    matched: Float[Array, "*N H W"]
+    fitRMS: Float[Array, " *N"]
+    matchedMSE: Float[Array, " *N"]
+    diffImVar: Float[Array, " *N"]
+    status: Int[Array, " *N"]
+    grid_values: Float[Array, "*N ny nx"]
+    grid_errors: Float[Array, "*N ny nx"]
+    grid_weights: Float[Array, "*N ny nx"]
+    effective_order: Int[Array, "*N 2"]
+    min_sampled: Int[Array, " *N"]
+    bin_size: Int[Array, " *N"]
 
 
 def match_one(
@@ -142,15 +155,14 @@ def match_one(
     if plan.diagnostic_grid_is_fit_grid:
         z_diag, valid_diag = grid.value, valid
     else:
-        z_diag, _, _, n_diag = grid_statistics(
-            grid.diff, None, plan.diag_y, plan.diag_x, *fit.statistic
-        )
+        diag = grid_statistics(grid.diff, None, plan.diag_y, plan.diag_x, *fit.statistic)
+        z_diag, _, _, n_diag = cast(CellStats, diag)
         valid_diag = n_diag >= 2
     nan = jnp.asarray(jnp.nan, dtype=dtype)
     centres = [jnp.asarray(centre_pixels(e), dtype) for e in (plan.diag_y, plan.diag_x)]
     rms = jnp.where(ok, fit_rms(z_diag, valid_diag, basis.evaluate(coef, *centres)), nan)
     mse = jnp.where(ok, matched_mse(grid.diff, model, grid.usable), nan)
-    var = jnp.where(ok, grid.diff_im_var, nan)
+    var = jnp.where(ok, cast(Array, grid.diff_im_var), nan)
     return MatchResult(
         model=BackgroundModel(coef, basis),
         covariance=jnp.where(ok, cov, jnp.nan),
@@ -253,7 +265,7 @@ def match(
     if science.image.shape[0] == 0:
         raise ValueError("science holds no exposures (N = 0)")
     dtype = working_dtype(config, reference, science)
-    reference, science = cast(reference, dtype), cast(science, dtype)
+    reference, science = cast_exposure(reference, dtype), cast_exposure(science, dtype)
     bits_ref = reference.bitmask(config.badMaskPlanes)
     bits_sci = science.bitmask(config.badMaskPlanes)
     hyper = hyperparameters(config, dtype, roughness, num_sigma_clip, clip_sharpness)
@@ -261,9 +273,10 @@ def match(
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
 
-    def run(sub: Exposure) -> MatchResult:
+    def one_call(sub: Exposure) -> MatchResult:
         return _match_batch(reference, sub, hyper, bits_ref, bits_sci, config, config.binSize)
 
+    run: Callable[[Exposure], MatchResult] = one_call
     if shard:
         run = sharded(run, jax.local_devices())
     result = in_chunks(run, science, chunk_size)
@@ -327,12 +340,13 @@ def _set_rows(result: MatchResult, index: np.ndarray, rows: MatchResult) -> Matc
 _Plan = FitPlan
 _hyperparameters = hyperparameters
 _working_dtype = working_dtype
-_cast = cast
+_cast = cast_exposure
 _pad_batch = pad_batch
 _in_chunks = in_chunks
 _sharded = sharded
 _orders = chebyshev_orders
 _same_edges = same_edges
+_determined_degree = determined_degree
 
 
 def _active_terms(

@@ -17,6 +17,8 @@ The round trip is exact: the loaded `Basis` equals the saved one (so a jitted
 function taking the model does not recompile) and ``getImage()`` is bit for bit
 the same.
 """
+# pyright: reportAttributeAccessIssue=false, reportAbstractUsage=false
+# (astropy's stubs type hdul[name] as HDUList; each family's fields are read under its KIND.)
 
 from __future__ import annotations
 
@@ -68,9 +70,9 @@ def writeModel(
     primary["KIND"] = (basis.kind, "CHEBYSHEV or SPLINE")
     primary["HEIGHT"] = (basis.shape[0], "[pixels] rows of the fitted image")
     primary["WIDTH"] = (basis.shape[1], "[pixels] columns of the fitted image")
-    primary["ORDER_Y"] = (getattr(basis, "order_y", 0), "Chebyshev order along y")
-    primary["ORDER_X"] = (getattr(basis, "order_x", 0), "Chebyshev order along x")
-    primary["STYLE"] = (getattr(basis, "style", ""), "spline interpolation style")
+    primary["ORDER_Y"] = (basis.order_y, "Chebyshev order along y")
+    primary["ORDER_X"] = (basis.order_x, "Chebyshev order along x")
+    primary["STYLE"] = (basis.style, "spline interpolation style")
     if config is not None:
         values = config.toDict() if hasattr(config, "toDict") else dict(config)
         primary["CONFIG"] = (json.dumps(values, sort_keys=True), "MatchBackgroundsConfig")
@@ -78,7 +80,7 @@ def writeModel(
         primary[key] = value
     hdus = [fits.PrimaryHDU(header=primary), fits.ImageHDU(coefficients, name="COEFFS")]
     if basis.kind == "SPLINE":
-        for name, knots in (("KNOTS_Y", basis.knots_y), ("KNOTS_X", basis.knots_x)):  # type: ignore[attr-defined]
+        for name, knots in (("KNOTS_Y", basis.knots_y), ("KNOTS_X", basis.knots_x)):
             hdus.append(fits.ImageHDU(np.asarray(knots, dtype=np.float64), name=name))
     hdulist = fits.HDUList(hdus)
     atomic_write(Path(path), lambda f: hdulist.writeto(f))

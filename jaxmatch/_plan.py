@@ -74,19 +74,28 @@ def same_edges(a: Edges, b: Edges) -> bool:
     return len(a[0]) == len(b[0]) and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
-def plan_fit(config: MatchBackgroundsConfig, shape: tuple[int, int], bin_size: int) -> FitPlan:
+def plan_fit(config: MatchBackgroundsConfig, shape: tuple[int, ...], bin_size: int) -> FitPlan:
     """Check the static (shape-only) conditions and lay out the fit.
 
-    ``bin_size`` is the fit grid's (``binSize``, or the re-binned size of
-    INCREASE_NXNYSAMPLE); the diagnostic bins always use ``config.binSize``, as
-    LSST's fitRMS does.
+    Arguments:
+        config: the static config (``usePolynomial``, ``order``, ``orderY``,
+            ``chebyshevTerms``, ``interpStyle``, ``undersampleStyle``,
+            ``splineKnotSpacing``, ``binSize``).
+        shape: ``(H, W)`` [pixels] of the images.
+        bin_size: the fit grid's cell size [pixels] (``binSize``, or the re-binned
+            size of INCREASE_NXNYSAMPLE); the diagnostic bins always use
+            ``config.binSize``, as LSST's fitRMS does.
 
-    Raises `ValueError` as LSST does: on the polynomial path when the short side is
-    below ``binSize`` or the order exceeds ``ceil(side / binSize) - 1``; on the
-    spline path when an axis has too few bins for ``interpStyle`` and
-    ``undersampleStyle`` is not ``REDUCE_INTERP_ORDER``.
+    Returns:
+        the `FitPlan`.
+
+    Raises:
+        ValueError: as LSST does: on the polynomial path when the short side is
+            below ``binSize`` or the order exceeds ``ceil(side / binSize) - 1``; on
+            the spline path when an axis has too few bins for ``interpStyle`` and
+            ``undersampleStyle`` is not ``REDUCE_INTERP_ORDER``.
     """
-    h, w = shape
+    h, w = shape  # (H, W)
     fit_y, fit_x = cell_edges(h, bin_size), cell_edges(w, bin_size)
     diag_y, diag_x = bin_edges(h, config.binSize), bin_edges(w, config.binSize)
     if config.usePolynomial:

@@ -17,6 +17,7 @@ science image, the product followed by the addition 0.146 s). Above
 from __future__ import annotations
 
 import jax
+import jax.core
 from jax import lax
 from jaxtyping import Array, Float
 

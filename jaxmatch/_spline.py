@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ._custom_types import AnyArray
+
 #: afw's minimum number of points per axis for each interpolation style.
 MIN_POINTS = {"CONSTANT": 1, "LINEAR": 2, "NATURAL_SPLINE": 3, "AKIMA_SPLINE": 5}
 #: Spline degree of each style (AKIMA fits with the cubic basis, see `_model`).
@@ -54,7 +56,7 @@ def knots(centres: np.ndarray, spacing: int) -> np.ndarray:
     return np.linspace(centres[0], centres[-1], k)
 
 
-def cardinal_basis(x: Float[Array, " n"], t: np.ndarray, degree: int) -> Float[Array, "n k"]:
+def cardinal_basis(x: Float[AnyArray, " n"], t: np.ndarray, degree: int) -> Float[Array, "n k"]:
     """Cardinal basis functions on knots ``t`` (k,) evaluated at ``x`` (n,)."""
     x = jnp.asarray(x)
     t = np.asarray(t, dtype=float)

@@ -9,7 +9,7 @@ into LSST's eager ``ValueError`` outside a transformation.
 from __future__ import annotations
 
 import enum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import jax.numpy as jnp
 import numpy as np
@@ -88,6 +88,7 @@ def diagnostic_status(status: Int[Array, "*N"], *diagnostics: Array) -> Int[Arra
     return jnp.where((status == SUCCESS) & undefined, NAN_DIAGNOSTIC, status).astype(jnp.int32)
 
 
+@runtime_checkable
 class _HasStatus(Protocol):
     @property
     def status(self) -> Array: ...

@@ -11,6 +11,8 @@ Data references in ``expRefList`` may be in-memory `Exposure` objects, paths to
 FITS files (`jaxmatch.io.readExposure`), or any object with ``get(datasetType)``
 and optionally ``datasetExists(datasetType)`` (a Butler-like store).
 """
+# pyright: reportAttributeAccessIssue=false
+# (Struct fields are dynamic.)
 
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ state (name, parent, metadata, subtasks, logger) lives in one static `TaskState`
 identity, so the only pytree leaves of a task are the array fields its subclass adds, and
 `eqx.filter_jit` does not retrace when only those change.
 """
+# pyright: reportAssignmentType=false
+# (the parent task is Optional until attached.)
 
 from __future__ import annotations
 

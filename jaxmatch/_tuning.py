@@ -27,6 +27,8 @@ The reference weights and temperature matter only with the soft reference
 (``reference=None``): every exposure is matched to ``Σ_i w_i x_i`` with the
 soft-min weights ``w``.
 """
+# pyright: reportIndexIssue=false, reportAttributeAccessIssue=false, reportArgumentType=false
+# (the global solve's dict record and optax's untyped parameter trees.)
 
 from __future__ import annotations
 

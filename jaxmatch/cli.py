@@ -54,6 +54,8 @@ In Python, ``jaxmatch.cli.main(["match", ...])`` returns the exit status (it nev
 calls ``sys.exit``) and `jaxmatch._filematch.match_files` does the same work and
 returns a `MatchReport`.
 """
+# pyright: reportArgumentType=false, reportAttributeAccessIssue=false, reportCallIssue=false
+# (Struct fields are dynamic, and Optional models are checked before use.)
 
 from __future__ import annotations
 

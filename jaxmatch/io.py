@@ -51,6 +51,8 @@ full disk) the target keeps its old content, the temporary file is removed and t
 `OSError` names the target. Only a process killed mid-write leaves its temporary
 file behind; `remove_stale_temps` removes such files.
 """
+# pyright: reportAttributeAccessIssue=false, reportOptionalMemberAccess=false
+# (astropy's stubs type hdul[name] as HDUList, not an HDU.)
 
 from __future__ import annotations
 

@@ -19,6 +19,8 @@ matplotlib's object API and an Agg canvas, never pyplot, so plotting changes no
 global matplotlib state and needs no display. matplotlib is imported inside the
 functions: ``import jaxmatch.plot`` works without it.
 """
+# pyright: reportArgumentType=false, reportCallIssue=false, reportGeneralTypeIssues=false
+# (matplotlib's stubs (Optional mappables, SubFigure) and NumPy inputs to the JAX-typed statistics.)
 
 from __future__ import annotations
 
