@@ -125,7 +125,7 @@ def time_survey(dirs: list[Path], out: Path, workers: int) -> dict:
             table = run_survey(dirs, out / f"w{workers}-{name}", client=client, options=OPTIONS)
             runs.append(time.perf_counter() - t0)
             assert set(table["patch_status"]) == {"ok"}, name
-        per_patch = {p: s for p, s in zip(table["patch"], table["patch_seconds"])}
+        per_patch = dict(zip(table["patch"], table["patch_seconds"]))
     return dict(
         workers=workers,
         cluster_start_s=started - start,
@@ -133,6 +133,7 @@ def time_survey(dirs: list[Path], out: Path, workers: int) -> dict:
         warm_s=runs[1],
         patches_per_min=60 * len(dirs) / runs[1],
         warm_task_median_s=statistics.median(per_patch.values()),
+        warm_task_sum_s=sum(per_patch.values()),
     )
 
 
@@ -143,11 +144,11 @@ def main(argv=None) -> int:
     parser.add_argument("--side", type=int, default=512)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--cold", type=int, default=2, help="patches timed as cold processes")
-    parser.add_argument("--quick", action="store_true", help="4 patches of 4 x 256²")
+    parser.add_argument("--quick", action="store_true", help="8 patches of 4 x 256²")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     args = parser.parse_args(argv)
     if args.quick:
-        args.patches, args.exposures, args.side = 4, 4, 256
+        args.patches, args.exposures, args.side = 8, 4, 256
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         dirs = write_patches(root / "in", args.patches, args.exposures, args.side)
@@ -186,9 +187,13 @@ def main(argv=None) -> int:
     one = next((s for s in surveys if s["workers"] == 1), None)
     if one is not None:
         overhead = one["warm_s"] / args.patches - warm_patch
-        result["overhead_per_patch_s"] = overhead
+        outside = (one["warm_s"] - one["warm_task_sum_s"]) / args.patches
+        inside = one["warm_task_median_s"] - warm_patch
+        result.update(overhead_per_patch_s=overhead, outside_tasks_per_patch_s=outside)
         print(
             f"  survey overhead per patch (1 worker, warm, vs match in process): {overhead:.3f} s"
+            f" = {outside:.3f} s outside the tasks (client, scheduler, the run's fixed cost"
+            f" spread over the patches) + {inside:.3f} s inside (task median - match warm)"
         )
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
