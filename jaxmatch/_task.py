@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._config import MatchBackgroundsConfig
+from ._config import Config, MatchBackgroundsConfig, MatchBackgroundsTaskConfig
 from ._exposure import Exposure, stack_exposures
 from ._global import match_all
 from ._match import FITTED, NAN_DIAGNOSTIC, STATUS_MESSAGES, match
@@ -43,32 +43,50 @@ class MatchBackgroundsTask(Task):
     """Match the backgrounds of coadd temp exposures to a reference (LSST interface).
 
     Arguments:
-        config: `MatchBackgroundsConfig` (default LSST settings).
+        config: a `MatchBackgroundsTaskConfig` (mutable, LSST style; the default,
+            LSST settings) or a frozen `MatchBackgroundsConfig`. The task keeps the
+            object: ``task.config.order = 4`` changes the next call, as in LSST.
         name, parentTask, log: as for every LSST task.
 
+    Each call validates the config and takes its frozen snapshot by value (the
+    compiled key): equal configs share compilations, whichever task holds them.
+
     Array leaves (differentiable, tunable): ``refWeights`` ``(3,)`` =
-    (coverage, variance, level) weights of the reference cost,
-    ``softminTemperature`` and ``splineRoughness``, initialised from the config.
+    (coverage, variance, level) weights of the Gen2 reference cost,
+    ``refWeightsGen3`` ``(3,)`` = (chi2, variance, globalCoverage) weights of the
+    Gen3 cost, ``softminTemperature`` and ``splineRoughness``, initialised from the
+    config and set again when one of their config fields is assigned.
     """
 
-    ConfigClass = MatchBackgroundsConfig
+    ConfigClass = MatchBackgroundsTaskConfig
     _DefaultName = "matchBackgrounds"
 
     refWeights: Float[Array, " 3"]
+    refWeightsGen3: Float[Array, " 3"]
     softminTemperature: Float[Array, ""]
     splineRoughness: Float[Array, ""]
 
     def __init__(self, config=None, *, name=None, parentTask=None, log=None):
         super().__init__(config, name=name, parentTask=parentTask, log=log)
         cfg = self.config
-        if not isinstance(cfg, MatchBackgroundsConfig):
-            raise TypeError(f"config must be a MatchBackgroundsConfig, got {type(cfg).__name__}")
-        self.refWeights = jnp.asarray(
-            [cfg.bestRefWeightCoverage, cfg.bestRefWeightVariance, cfg.bestRefWeightLevel],
-            dtype=float,
-        )
-        self.softminTemperature = jnp.asarray(cfg.softminTemperature, dtype=float)
-        self.splineRoughness = jnp.asarray(cfg.splineRoughness, dtype=float)
+        if not (
+            isinstance(cfg, MatchBackgroundsConfig)
+            or (isinstance(cfg, Config) and cfg.Frozen is MatchBackgroundsConfig)
+        ):
+            raise TypeError(
+                "config must be a MatchBackgroundsTaskConfig or MatchBackgroundsConfig, "
+                f"got {type(cfg).__name__}"
+            )
+        for name_, value in _leaves(cfg).items():
+            setattr(self, name_, value)
+
+    def _configChanged(self, previous) -> None:
+        # LSST reads the weights from the config at each call: assigning one of these
+        # fields sets its array leaf again (other leaves keep their, maybe tuned, values).
+        for name_, value in _leaves(self.config).items():
+            fields = _LEAF_FIELDS[name_]
+            if any(getattr(previous, f, None) != getattr(self.config, f) for f in fields):
+                object.__setattr__(self, name_, value)
 
     # -- LSST methods -----------------------------------------------------------------
     def run(
@@ -91,6 +109,7 @@ class MatchBackgroundsTask(Task):
         Raises `ValueError` for an empty list, a scaler list of the wrong length or a
         reference not in the list, and `RuntimeError` naming a missing exposure.
         """
+        self.staticConfig  # validate the config (FieldValidationError naming the field)
         expRefList = list(expRefList)
         if not expRefList:
             raise ValueError("expRefList is empty: nothing to match")
@@ -120,7 +139,7 @@ class MatchBackgroundsTask(Task):
                 else:
                     batch.append(exposure)
                     batchIndices.append(i)
-            if self.config.matchMode == "GLOBAL":
+            if self.staticConfig.matchMode == "GLOBAL":
                 self._fitGlobal(refExposure, batch, batchIndices, expRefList, infos)
             else:
                 for groupIndices, group in _groups(batchIndices, batch):
@@ -144,7 +163,7 @@ class MatchBackgroundsTask(Task):
             result = match(
                 refExposure,
                 stack_exposures(group),
-                self.config,
+                self.staticConfig,
                 roughness=self.splineRoughness,
                 raise_on_failure=False,
             )
@@ -194,7 +213,7 @@ class MatchBackgroundsTask(Task):
         try:
             result = match_all(
                 stack_exposures([m[0] for m in members]),
-                self.config,
+                self.staticConfig,
                 reference=0,
                 roughness=self.splineRoughness,
                 raise_on_failure=False,
@@ -270,7 +289,7 @@ class MatchBackgroundsTask(Task):
         if problem:
             raise RuntimeError(problem)
         with self.timer("matchBackgrounds"):
-            result = match(refExposure, sciExposure, self.config, roughness=self.splineRoughness)
+            result = match(refExposure, sciExposure, self.staticConfig, roughness=self.splineRoughness)
         # LSST's in-place update; the image keeps its pixel type (the engine may work in
         # another dtype), so image and variance stay of one dtype, as Exposure requires.
         matched = result.matched[0].astype(sciExposure.image.dtype)
@@ -319,11 +338,30 @@ class MatchBackgroundsTask(Task):
         return Exposure(image, mask, variance, mask_planes=exposures.getMaskPlaneDict())
 
     def _usable(self, exposure: Exposure):
-        bits = exposure.bitmask(self.config.badMaskPlanes)
+        bits = exposure.bitmask(self.staticConfig.badMaskPlanes)
         return ((exposure.mask & bits) == 0) & jnp.isfinite(exposure.image)
 
 
 # -- helpers ----------------------------------------------------------------------------
+_LEAF_FIELDS = {
+    "refWeights": ("bestRefWeightCoverage", "bestRefWeightVariance", "bestRefWeightLevel"),
+    "refWeightsGen3": ("bestRefWeightChi2", "bestRefWeightVariance", "bestRefWeightGlobalCoverage"),
+    "softminTemperature": ("softminTemperature",),
+    "splineRoughness": ("splineRoughness",),
+}
+
+
+def _leaves(cfg) -> dict[str, Array]:
+    """The task's array leaves from a (frozen or mutable) config's values."""
+    return {
+        name: jnp.asarray(
+            [getattr(cfg, f) for f in fields] if len(fields) > 1 else getattr(cfg, fields[0]),
+            dtype=float,
+        )
+        for name, fields in _LEAF_FIELDS.items()
+    }
+
+
 def _info(isReference: bool) -> Struct:
     return Struct(
         isReference=isReference, backgroundModel=None, fitRMS=None, matchedMSE=None, diffImVar=None

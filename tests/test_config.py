@@ -61,6 +61,9 @@ def _non_default():
         globalGauge="MEAN",
         globalWeights="PAIR",
         globalMaxPartners=4,
+        refSelection="GEN3",
+        bestRefWeightChi2=0.5,
+        bestRefWeightGlobalCoverage=0.25,
     )
 
 
