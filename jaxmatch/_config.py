@@ -162,13 +162,17 @@ class MatchBackgroundsConfig:
         if self.globalMaxPartners is not None:
             _check_type("globalMaxPartners", self.globalMaxPartners, int)
             if self.globalMaxPartners < 1:
-                raise FieldValidationError(f"globalMaxPartners must be >= 1, got {self.globalMaxPartners}")
+                raise FieldValidationError(
+                    f"globalMaxPartners must be >= 1, got {self.globalMaxPartners}"
+                )
         if self.order < 0:
             raise FieldValidationError(f"order must be >= 0, got {self.order}")
         if self.orderY is not None and self.orderY < 0:
             raise FieldValidationError(f"orderY must be >= 0, got {self.orderY}")
         if self.binSize <= 0:
-            raise FieldValidationError(f"binSize must be a positive number of pixels, got {self.binSize}")
+            raise FieldValidationError(
+                f"binSize must be a positive number of pixels, got {self.binSize}"
+            )
         if self.numIter < 0:
             raise FieldValidationError(f"numIter must be >= 0, got {self.numIter}")
         if self.numSigmaClip <= 0:
@@ -184,17 +188,25 @@ class MatchBackgroundsConfig:
             if not 0.0 <= value <= 1.0:
                 raise FieldValidationError(f"{name} must lie in [0, 1], got {value}")
         if self.gridStdevEpsilon < 0:
-            raise FieldValidationError(f"gridStdevEpsilon must be >= 0, got {self.gridStdevEpsilon}")
+            raise FieldValidationError(
+                f"gridStdevEpsilon must be >= 0, got {self.gridStdevEpsilon}"
+            )
         if self.splineKnotSpacing < 1:
-            raise FieldValidationError(f"splineKnotSpacing must be >= 1, got {self.splineKnotSpacing}")
+            raise FieldValidationError(
+                f"splineKnotSpacing must be >= 1, got {self.splineKnotSpacing}"
+            )
         if self.clipSharpness is not None:
             _check_type("clipSharpness", self.clipSharpness, (int, float))
             if not (math.isfinite(self.clipSharpness) and self.clipSharpness > 0):
-                raise FieldValidationError(f"clipSharpness must be None or > 0, got {self.clipSharpness}")
+                raise FieldValidationError(
+                    f"clipSharpness must be None or > 0, got {self.clipSharpness}"
+                )
         if self.splineRoughness < 0:
             raise FieldValidationError(f"splineRoughness must be >= 0, got {self.splineRoughness}")
         if self.softminTemperature <= 0:
-            raise FieldValidationError(f"softminTemperature must be > 0, got {self.softminTemperature}")
+            raise FieldValidationError(
+                f"softminTemperature must be > 0, got {self.softminTemperature}"
+            )
         if self.chebyshevTerms == "TOTAL" and self.orderY not in (None, self.order):
             raise FieldValidationError(
                 "orderY differs from order, which needs chebyshevTerms='TENSOR' "
@@ -438,7 +450,11 @@ class Config:
         """Check a value's type (and choice) for field ``name``; lists for tuple fields."""
         base, optional = _annotation(self._fields[name])
         if value is None:
-            if optional or base not in ("bool", "int", "float", "str") and not base.startswith("tuple"):
+            if (
+                optional
+                or base not in ("bool", "int", "float", "str")
+                and not base.startswith("tuple")
+            ):
                 return None
             raise FieldValidationError(f"{name} cannot be None")
         if base == "bool":
@@ -587,9 +603,7 @@ class Config:
             if _is_configurable_field(value):
                 target = value.target
                 imports.add(f"import {target.__module__}")
-                lines.append(
-                    f"{prefix}.{name}.retarget({target.__module__}.{target.__qualname__})"
-                )
+                lines.append(f"{prefix}.{name}.retarget({target.__module__}.{target.__qualname__})")
                 sub = value.value
                 if isinstance(sub, Config):
                     sub._saveLines(f"{prefix}.{name}", lines, imports)

@@ -289,7 +289,8 @@ class MatchBackgroundsTask(Task):
         if problem:
             raise RuntimeError(problem)
         with self.timer("matchBackgrounds"):
-            result = match(refExposure, sciExposure, self.staticConfig, roughness=self.splineRoughness)
+            config = self.staticConfig
+            result = match(refExposure, sciExposure, config, roughness=self.splineRoughness)
         # LSST's in-place update; the image keeps its pixel type (the engine may work in
         # another dtype), so image and variance stay of one dtype, as Exposure requires.
         matched = result.matched[0].astype(sciExposure.image.dtype)

@@ -303,12 +303,17 @@ class Task(eqx.Module):
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Fields are frozen (equinox); other names are free attributes, as on an LSST task.
-        if name in _field_names(type(self)) or name.startswith("__") or "_state" not in self.__dict__:
+        if (
+            name in _field_names(type(self))
+            or name.startswith("__")
+            or "_state" not in self.__dict__
+        ):
             super().__setattr__(name, value)
         elif name == "config":
             raise AttributeError("task.config cannot be replaced; set its fields instead")
         else:
             self._state.extras[name] = value
+
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails: fall back on the subtasks (the Module is frozen).
         if not name.startswith("_"):
