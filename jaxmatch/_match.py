@@ -24,15 +24,17 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, Float, Int
 
-from ._binning import bin_edges, cell_centres, cell_edges, code_unusable, grid_statistics
+from ._binning import bin_edges, cell_centres, code_unusable, grid_statistics
 from ._chebyshev import term_mask
 from ._compile import filter_jit
 from ._config import MatchBackgroundsConfig
 from ._diagnostics import centre_pixels, fit_rms, matched_mse
+from ._exceptions import MatchFailedError, UndersampledError
 from ._exposure import Exposure
 from ._model import BackgroundModel, Basis
 from ._solve import solve_least_squares
 from ._spline import DEGREE, MIN_POINTS, difference_matrix, knots, max_style
+from ._undersample import fit_edges, increase_nxnysample
 
 # Status codes (docs/algorithm.md §9), returned per exposure from inside jit.
 SUCCESS, NO_OVERLAP, UNDERSAMPLED, NONFINITE, NAN_DIAGNOSTIC = 0, 1, 2, 3, 4
@@ -132,7 +134,7 @@ def plan_fit(config: MatchBackgroundsConfig, shape: tuple[int, int], bin_size: i
     ``undersampleStyle`` is not ``REDUCE_INTERP_ORDER``.
     """
     h, w = shape
-    fit_y, fit_x = cell_edges(h, bin_size), cell_edges(w, bin_size)
+    fit_y, fit_x = fit_edges(h, bin_size), fit_edges(w, bin_size)
     diag_y, diag_x = bin_edges(h, config.binSize), bin_edges(w, config.binSize)
     if config.usePolynomial:
         order_y, order_x = _orders(config)
@@ -158,7 +160,7 @@ def plan_fit(config: MatchBackgroundsConfig, shape: tuple[int, int], bin_size: i
         fewest = min(len(ky), len(kx))
         if fewest < MIN_POINTS[style]:
             if config.undersampleStyle != "REDUCE_INTERP_ORDER":
-                raise ValueError(
+                raise UndersampledError(
                     f"{len(ky)} x {len(kx)} spline knots are too few for interpStyle={style} "
                     f"(needs {MIN_POINTS[style]} per axis) with undersampleStyle="
                     f"{config.undersampleStyle}; use a smaller binSize or REDUCE_INTERP_ORDER"
@@ -628,38 +630,21 @@ def _sharded(run, devices):
 
 
 def _increase_nxnysample(reference, science, hyper, bits_ref, bits_sci, config, out):
-    """Re-bin the undersampled exposures once with ``(m · binSize) // (order + 1)``."""
-    status = np.asarray(out["status"])
-    m = np.asarray(out["min_sampled"])
-    order = max(_orders(config))
-    retry = np.flatnonzero((status == UNDERSAMPLED) & (m > 0))
-    new_sizes = (m[retry] * config.binSize) // (order + 1)
+    """Re-fit the undersampled exposures once, as LSST does (`_undersample`)."""
     throw = config.replace(undersampleStyle="THROW_EXCEPTION")
-    for size in np.unique(new_sizes):
-        idx = retry[new_sizes == size]
-        try:
-            if size < 1:
-                raise ValueError("bin size below one pixel")
-            plan_fit(throw, reference.image.shape, int(size))
-        except ValueError:
-            continue  # still undersampled: the status stays UNDERSAMPLED
-        sub = jax.tree.map(lambda a: a[idx], science)
-        redo, _ = _match_batch(reference, sub, hyper, bits_ref, bits_sci, throw, int(size))
-        for key, val in redo.items():
-            if out[key].shape[1:] == val.shape[1:]:
-                out[key] = out[key].at[idx].set(val)
-        # A re-binned grid left with no valid bin is still an undersampling failure.
-        out["status"] = (
-            out["status"]
-            .at[idx]
-            .set(jnp.where(redo["status"] == NO_OVERLAP, UNDERSAMPLED, redo["status"]))
-        )
-        out["bin_size"] = out["bin_size"].at[idx].set(int(size))
-    return out
+    shape = reference.image.shape
+    refit = lambda idx, grid: _match_batch(  # noqa: E731
+        reference, jax.tree.map(lambda a: a[idx], science), hyper, bits_ref, bits_sci, throw, grid
+    )[0]
+    check = lambda grid: plan_fit(throw, shape, grid)  # noqa: E731
+    return increase_nxnysample(
+        out, config, shape, refit, check, undersampled=UNDERSAMPLED, no_overlap=NO_OVERLAP
+    )
 
 
 def check_result(result: MatchResult) -> None:
-    """Raise `ValueError` naming each exposure whose fit failed, and why.
+    """Raise `MatchFailedError` (a `ValueError` and a `RuntimeError`) naming each
+    exposure whose fit failed, and why.
 
     Status 4 (``NAN_DIAGNOSTIC``: model valid, a diagnostic NaN) is not a failure.
     """
@@ -667,7 +652,7 @@ def check_result(result: MatchResult) -> None:
     bad = np.flatnonzero(~np.asarray(fitted(status)))
     if bad.size:
         lines = [f"exposure {i}: {STATUS_MESSAGES[int(status[i])]}" for i in bad]
-        raise ValueError("background matching failed for " + "; ".join(lines))
+        raise MatchFailedError("background matching failed for " + "; ".join(lines))
 
 
 def _working_dtype(config, *exposures):
