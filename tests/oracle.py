@@ -503,7 +503,8 @@ def oracle_match(
                 else:
                     grid = grid_for(bin_size, n_cells)
                     bin_used = max(
-                        int(cell_edges(side, bin_size, n_cells)[1].max()) for side in (height, width)
+                        int(cell_edges(side, bin_size, n_cells)[1].max())
+                        for side in (height, width)
                     )
                     if undersampled(grid["valid"]) or rank_undersampled(grid):
                         status = STATUS_UNDERSAMPLED
