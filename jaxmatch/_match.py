@@ -27,10 +27,11 @@ from jaxtyping import Array, Float, Int
 from ._binning import bin_edges, cell_centres, code_unusable, grid_statistics
 from ._chebyshev import term_mask
 from ._compile import filter_jit
-from ._config import MatchBackgroundsConfig
+from ._config import MatchBackgroundsConfig, static_config
 from ._diagnostics import centre_pixels, fit_rms, matched_mse
 from ._exceptions import MatchFailedError, UndersampledError
 from ._exposure import Exposure
+from ._maskbits import traced_mask_bits
 from ._model import BackgroundModel, Basis
 from ._solve import solve_least_squares
 from ._spline import DEGREE, MIN_POINTS, difference_matrix, knots, max_style
@@ -496,7 +497,8 @@ def match(
         reference: one `Exposure` ``(H, W)``.
         science: a batch ``(N, H, W)`` (see `stack_exposures`) or one exposure
             (then the result keeps a batch axis of 1).
-        config: `MatchBackgroundsConfig` (static; default LSST settings).
+        config: `MatchBackgroundsConfig` (static; default LSST settings), or a
+            mutable `MatchBackgroundsTaskConfig`, validated and taken by value.
         roughness: roughness penalty λ ≥ 0 (spline: second differences of the
             knot values; Chebyshev: order-weighted ridge); default
             ``config.splineRoughness``.
@@ -524,9 +526,7 @@ def match(
     too high for the grid (polynomial path), too few bins for the interpolation
     style (spline path, unless REDUCE_INTERP_ORDER).
     """
-    config = MatchBackgroundsConfig() if config is None else config
-    if not isinstance(config, MatchBackgroundsConfig):
-        raise TypeError(f"config must be a MatchBackgroundsConfig, got {type(config).__name__}")
+    config = static_config(MatchBackgroundsConfig() if config is None else config)
     for name, exp in (("reference", reference), ("science", science)):
         if not isinstance(exp, Exposure):
             raise TypeError(f"{name} must be a jaxmatch.Exposure, got {type(exp).__name__}")
@@ -547,8 +547,9 @@ def match(
         raise ValueError("science holds no exposures (N = 0)")
     dtype = _working_dtype(config, reference, science)
     reference, science = _cast(reference, dtype), _cast(science, dtype)
-    bits_ref = reference.bitmask(config.badMaskPlanes)
-    bits_sci = science.bitmask(config.badMaskPlanes)
+    reference, science, bits_ref, bits_sci = traced_mask_bits(
+        reference, science, config.badMaskPlanes
+    )
     hyper = _hyperparameters(config, dtype, roughness, num_sigma_clip, clip_sharpness)
     plan_fit(config, reference.image.shape, config.binSize)  # eager shape checks
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
