@@ -245,3 +245,83 @@ class MatchBackgroundsTestCase(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+# -- the behaviours behind the two tests above, at a smaller scale ----------------------
+import pytest  # noqa: E402
+
+import jaxmatch as jm  # noqa: E402
+from jaxmatch._exceptions import (  # noqa: E402
+    FieldValidationError,
+    JaxmatchError,
+    MatchFailedError,
+    UndersampledError,
+)
+
+
+def test_exception_classes_are_both_of_lsst_classes():
+    for cls in (UndersampledError, MatchFailedError):
+        assert issubclass(cls, RuntimeError) and issubclass(cls, ValueError)
+        assert issubclass(cls, JaxmatchError)
+    assert issubclass(FieldValidationError, ValueError)
+
+
+@pytest.mark.parametrize("style", ["THROW_EXCEPTION", "INCREASE_NXNYSAMPLE"])
+def test_spline_undersampling_is_caught_by_lsst_except_clauses(style):
+    """48 x 48 pixels, binSize 16: 3 x 3 knots cannot carry AKIMA_SPLINE (5 needed)."""
+    ref, sci = gaussian_exposure(1, 5, (48, 48)), gaussian_exposure(2, 0, (48, 48))
+    config = jm.MatchBackgroundsConfig(binSize=16, undersampleStyle=style)
+    task = MatchBackgroundsTask(config)
+    for caught in (RuntimeError, ValueError):  # LSST: RuntimeError (afw); before: ValueError
+        with pytest.raises(caught, match="too few") as info:
+            task.matchBackgrounds(ref, sci)
+        assert isinstance(info.value, UndersampledError)
+    with pytest.raises(UndersampledError):
+        jm.match(ref, sci, config)
+
+
+def test_failed_fit_is_caught_by_lsst_except_clauses():
+    """No overlap (the science exposure is all NaN) fails the fit."""
+    ref = gaussian_exposure(1, 5, (64, 64))
+    sci = jm.Exposure(np.full((64, 64), np.nan, np.float32), variance=np.ones((64, 64)))
+    config = jm.MatchBackgroundsConfig(binSize=16, interpStyle="LINEAR", dtype="float32")
+    for caught in (RuntimeError, ValueError):
+        with pytest.raises(caught, match="no overlap") as info:
+            jm.match(ref, sci, config)
+        assert isinstance(info.value, MatchFailedError)
+
+
+def test_increase_nxnysample_refits_on_a_number_of_cells():
+    """LSST hands ``(m · binSize) // (order + 1)`` to afw's setNxSample/setNySample: a
+    number of cells. 96 x 96 pixels, binSize 32 (3 cells), order 2, data only at
+    x < 40: m = 2 <= 2, so the re-fit uses (2 · 32) // 3 = 21 cells per axis (cells of
+    4-5 pixels, 9 with data). As a bin size, 21 pixels would leave 2 valid columns
+    and stay undersampled. The result equals the NumPy oracle's, whose grid has 21
+    cells."""
+    from helpers import oracle_kwargs
+    from oracle import oracle_match
+
+    rng = np.random.default_rng(4)
+    y, x = np.mgrid[:96, :96]
+    ref_image = rng.standard_normal((96, 96)) + 0.02 * x - 0.01 * y
+    sci_image = rng.standard_normal((96, 96))
+    sci_image[:, 40:] = np.nan
+    ref, sci = jm.Exposure(ref_image), jm.Exposure(sci_image)
+    config = jm.MatchBackgroundsConfig(
+        usePolynomial=True, order=2, binSize=32, undersampleStyle="INCREASE_NXNYSAMPLE"
+    )
+    result = jm.match(ref, sci, config)
+    assert int(result.status[0]) == 0 and int(result.min_sampled[0]) == 9  # new grid
+    assert int(result.bin_size[0]) == 5  # 21 cells on 96 pixels: sides of 4 and 5
+    assert tuple(np.asarray(result.effective_order[0])) == (2, 2)  # the full order
+    expected = oracle_match(
+        np.asarray(ref.image), np.asarray(ref.mask), np.asarray(ref.variance),
+        np.asarray(sci.image), np.asarray(sci.mask), np.asarray(sci.variance),
+        bad_bits_ref=ref.bitmask(config.badMaskPlanes),
+        bad_bits_sci=sci.bitmask(config.badMaskPlanes),
+        **oracle_kwargs(config),
+    )  # fmt: skip
+    assert expected["status"] == 0 and expected["bin_size_used"] == 5
+    # float64 both; the oracle solves by lstsq, the engine by QR (tests/test_match.py)
+    np.testing.assert_allclose(result.model[0].getImage(), expected["model"], 1e-9, 1e-9)
+    np.testing.assert_allclose(result.fitRMS[0], expected["fit_rms"], 1e-9, 1e-9)
