@@ -29,6 +29,8 @@ from ._exposure import Exposure, stack_exposures
 from ._global import match_all
 from ._match import FITTED, NAN_DIAGNOSTIC, STATUS_MESSAGES, match
 from ._reference import (
+    gen3_reference_costs,
+    gen3_reference_statistics,
     reference_costs,
     reference_statistics,
     select_reference,
@@ -237,8 +239,9 @@ class MatchBackgroundsTask(Task):
         imageScalerList: Sequence[ImageScaler] | None,
         expDatasetType: str,
     ) -> int:
-        """Index of the best reference: the minimum of the LSST cost (variance, level,
-        coverage, weighted by ``refWeights``). Missing exposures are skipped with a
+        """Index of the best reference: the minimum of the LSST cost (Gen2: variance,
+        level, coverage, weighted by ``refWeights``; with ``refSelection="GEN3"``, Gen3's
+        plane-fit chi2, variance, coverage, weighted by ``refWeightsGen3``). Missing exposures are skipped with a
         warning; `RuntimeError` if none can be read.
         """
         expRefList = list(expRefList)
@@ -265,15 +268,32 @@ class MatchBackgroundsTask(Task):
             if exposure is None:
                 stats.append((np.nan, np.nan, np.nan))
                 continue
-            variance, level, coverage = reference_statistics(exposure.image, self._usable(exposure))
-            stats.append((float(variance), float(level), float(coverage)))
-        variance, level, coverage = (jnp.asarray(col, dtype=float) for col in zip(*stats))
-        costs = self.referenceCosts(variance, level, coverage)
+            stats.append(tuple(float(x) for x in self._statistics(exposure)))
+        costs = self._costs(*(jnp.asarray(col, dtype=float) for col in zip(*stats)))
         best = int(select_reference(costs))
         if best < 0:
             raise RuntimeError("selectRefExposure: no exposure has a usable pixel")
         self.metadata["refIndex"] = best
         return best
+
+    def _statistics(self, exposure: Exposure):
+        """The three statistics of one exposure for the configured cost (``refSelection``):
+        GEN2 (variance, level, coverage), GEN3 (chi2, variance, coverage)."""
+        config = self.staticConfig
+        if config.refSelection == "GEN3":
+            return gen3_reference_statistics(
+                exposure.image,
+                self._usable(exposure),
+                config.binSize,
+                config.numSigmaClip,
+                config.numIter,
+            )
+        return reference_statistics(exposure.image, self._usable(exposure))
+
+    def _costs(self, a, b, c) -> Float[Array, " N"]:
+        if self.staticConfig.refSelection == "GEN3":
+            return self.referenceCostsGen3(a, b, c)
+        return self.referenceCosts(a, b, c)
 
     def matchBackgrounds(self, refExposure: Exposure, sciExposure: Exposure) -> Struct:
         """Match one science exposure to the reference (LSST's method).
@@ -303,8 +323,20 @@ class MatchBackgroundsTask(Task):
         )
 
     # -- differentiable reference selection ------------------------------------------
+    def referenceCostsGen3(self, chi2, variance, coverage) -> Float[Array, " N"]:
+        """LSST Gen3's reference cost with this task's ``refWeightsGen3``."""
+        w_chi2, w_var, w_cov = self.refWeightsGen3
+        return gen3_reference_costs(
+            chi2,
+            variance,
+            coverage,
+            weight_chi2=w_chi2,
+            weight_variance=w_var,
+            weight_coverage=w_cov,
+        )
+
     def referenceCosts(self, variance, level, coverage) -> Float[Array, " N"]:
-        """LSST's reference cost of each exposure with this task's ``refWeights``."""
+        """LSST's (Gen2) reference cost of each exposure with this task's ``refWeights``."""
         w_cov, w_var, w_level = self.refWeights
         return reference_costs(
             variance,
@@ -318,14 +350,13 @@ class MatchBackgroundsTask(Task):
     def softReferenceWeights(self, exposures: Exposure) -> Float[Array, " N"]:
         """Soft-min weights ``softmax(-cost / T)`` over a batch ``(N, H, W)``.
 
-        Differentiable in the images, ``refWeights`` and ``softminTemperature``;
+        The cost is the configured one (``refSelection``: GEN2 or GEN3).
+        Differentiable in the images, the cost's weights (``refWeights`` or
+        ``refWeightsGen3``) and ``softminTemperature``;
         tends to the one-hot `selectRefExposure` choice as ``T → 0``.
         """
-        usable = jax.vmap(self._usable)(exposures)
-        variance, level, coverage = jax.vmap(reference_statistics)(exposures.image, usable)
-        return softmin_weights(
-            self.referenceCosts(variance, level, coverage), self.softminTemperature
-        )
+        stats = jax.vmap(self._statistics)(exposures)
+        return softmin_weights(self._costs(*stats), self.softminTemperature)
 
     def softReference(self, exposures: Exposure) -> Exposure:
         """The soft reference exposure ``Σ_i w_i x_i`` of a batch (differentiable).
