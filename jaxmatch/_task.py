@@ -241,8 +241,8 @@ class MatchBackgroundsTask(Task):
     ) -> int:
         """Index of the best reference: the minimum of the LSST cost (Gen2: variance,
         level, coverage, weighted by ``refWeights``; with ``refSelection="GEN3"``, Gen3's
-        plane-fit chi2, variance, coverage, weighted by ``refWeightsGen3``). Missing exposures are skipped with a
-        warning; `RuntimeError` if none can be read.
+        plane-fit chi2, variance, coverage, weighted by ``refWeightsGen3``). Missing
+        exposures are skipped with a warning; `RuntimeError` if none can be read.
         """
         expRefList = list(expRefList)
         if imageScalerList is not None and len(imageScalerList) != len(expRefList):
