@@ -19,6 +19,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -268,7 +269,7 @@ class MatchBackgroundsTask(Task):
             if exposure is None:
                 stats.append((np.nan, np.nan, np.nan))
                 continue
-            stats.append(tuple(float(x) for x in self._statistics(exposure)))
+            stats.append(tuple(float(x) for x in _exposure_statistics(self, exposure)))
         costs = self._costs(*(jnp.asarray(col, dtype=float) for col in zip(*stats)))
         best = int(select_reference(costs))
         if best < 0:
@@ -375,6 +376,9 @@ class MatchBackgroundsTask(Task):
 
 
 # -- helpers ----------------------------------------------------------------------------
+# One compiled program per (config, shape), shared by equal tasks (value-keyed statics).
+_exposure_statistics = eqx.filter_jit(lambda task, exposure: task._statistics(exposure))
+
 _LEAF_FIELDS = {
     "refWeights": ("bestRefWeightCoverage", "bestRefWeightVariance", "bestRefWeightLevel"),
     "refWeightsGen3": ("bestRefWeightChi2", "bestRefWeightVariance", "bestRefWeightGlobalCoverage"),
