@@ -325,3 +325,25 @@ def test_increase_nxnysample_refits_on_a_number_of_cells():
     # float64 both; the oracle solves by lstsq, the engine by QR (tests/test_match.py)
     np.testing.assert_allclose(result.model[0].getImage(), expected["model"], 1e-9, 1e-9)
     np.testing.assert_allclose(result.fitRMS[0], expected["fit_rms"], 1e-9, 1e-9)
+
+
+def test_cell_count_grid_layout():
+    from jaxmatch._binning import cell_edges
+    from jaxmatch._undersample import CellCount, fit_edges, lsst_sample_count
+
+    assert lsst_sample_count(np.array([2]), 128, 4).tolist() == [51]  # LSST's numbers
+    for length, n in [(600, 51), (96, 21), (7, 7), (100, 1)]:
+        starts, sizes = fit_edges(length, CellCount(n))
+        assert len(starts) == n and sizes.sum() == length and sizes.min() >= 1
+        assert np.array_equal(starts[1:], np.cumsum(sizes)[:-1])
+        assert sizes.max() - sizes.min() <= 1  # afw's nearly equal cells
+    for length, b in [(600, 64), (75, 15), (90, 16)]:  # n = ceil(L / b): cell_edges' grid
+        n = -(-length // b)
+        for got, want in zip(fit_edges(length, CellCount(n)), cell_edges(length, b)):
+            assert np.array_equal(got, want)
+        for got, want in zip(fit_edges(length, b), cell_edges(length, b)):  # a bin size
+            assert np.array_equal(got, want)
+    with pytest.raises(ValueError):
+        fit_edges(10, CellCount(11))  # more cells than pixels
+    with pytest.raises(ValueError):
+        CellCount(0)
