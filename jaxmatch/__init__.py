@@ -2,7 +2,16 @@
 
 # _xla_flags first: it sets XLA_FLAGS before JAX starts its backend.
 from . import _xla_flags as _xla_flags, io as io
-from ._config import MatchBackgroundsConfig as MatchBackgroundsConfig
+from ._config import (
+    MatchBackgroundsConfig as MatchBackgroundsConfig,
+    MatchBackgroundsTaskConfig as MatchBackgroundsTaskConfig,
+)
+from ._exceptions import (
+    FieldValidationError as FieldValidationError,
+    JaxmatchError as JaxmatchError,
+    MatchFailedError as MatchFailedError,
+    UndersampledError as UndersampledError,
+)
 from ._exposure import (
     DEFAULT_MASK_PLANES as DEFAULT_MASK_PLANES,
     Exposure as Exposure,
@@ -35,6 +44,8 @@ from ._model import (
     SplineBasis as SplineBasis,
 )
 from ._reference import (
+    gen3_reference_costs as gen3_reference_costs,
+    gen3_reference_statistics as gen3_reference_statistics,
     reference_costs as reference_costs,
     reference_statistics as reference_statistics,
     select_reference as select_reference,

@@ -34,9 +34,10 @@ from ._basis import (
 from ._batch import cast_exposure, in_chunks, pad_batch, sharded, working_dtype
 from ._binning import CellStats, grid_statistics
 from ._compile import filter_jit
-from ._config import MatchBackgroundsConfig
+from ._config import MatchBackgroundsConfig, static_config
 from ._diagnostics import centre_pixels, fit_rms, matched_mse
 from ._exposure import Exposure
+from ._maskbits import traced_mask_bits
 from ._fit import (
     RIDGE_PER_CELL as RIDGE_PER_CELL,
     Hyperparameters,
@@ -45,6 +46,7 @@ from ._fit import (
     solve_prepared as solve_prepared,
 )
 from ._model import BackgroundModel
+from ._resample import fit_grid_size, increase_nxnysample
 from ._plan import (
     FitPlan,
     design_matrix as design_matrix,
@@ -176,7 +178,7 @@ def match_one(
         grid_weights=grid.sqrt_w * grid.sqrt_w,
         effective_order=terms.orders,
         min_sampled=terms.m.astype(jnp.int32),
-        bin_size=jnp.asarray(bin_size, jnp.int32),
+        bin_size=jnp.asarray(fit_grid_size(bin_size, basis.shape), jnp.int32),
     )
 
 
@@ -213,7 +215,8 @@ def match(
         reference: one `Exposure` ``(H, W)``.
         science: a batch ``(N, H, W)`` (see `stack_exposures`) or one exposure
             (then the result keeps a batch axis of 1).
-        config: `MatchBackgroundsConfig` (static; default LSST settings).
+        config: `MatchBackgroundsConfig` (static; default LSST settings), or a
+            mutable `MatchBackgroundsTaskConfig`, validated and taken by value.
         roughness: roughness penalty λ ≥ 0 (spline: second differences of the
             knot values; Chebyshev: order-weighted ridge); default
             ``config.splineRoughness``.
@@ -243,9 +246,7 @@ def match(
             path, unless REDUCE_INTERP_ORDER); a failed fit with ``raise_on_failure``.
         TypeError: wrong argument types; INCREASE_NXNYSAMPLE under a transformation.
     """
-    config = MatchBackgroundsConfig() if config is None else config
-    if not isinstance(config, MatchBackgroundsConfig):
-        raise TypeError(f"config must be a MatchBackgroundsConfig, got {type(config).__name__}")
+    config = static_config(MatchBackgroundsConfig() if config is None else config)
     for name, exp in (("reference", reference), ("science", science)):
         if not isinstance(exp, Exposure):
             raise TypeError(f"{name} must be a jaxmatch.Exposure, got {type(exp).__name__}")
@@ -266,8 +267,9 @@ def match(
         raise ValueError("science holds no exposures (N = 0)")
     dtype = working_dtype(config, reference, science)
     reference, science = cast_exposure(reference, dtype), cast_exposure(science, dtype)
-    bits_ref = reference.bitmask(config.badMaskPlanes)
-    bits_sci = science.bitmask(config.badMaskPlanes)
+    reference, science, bits_ref, bits_sci = traced_mask_bits(
+        reference, science, config.badMaskPlanes
+    )
     hyper = hyperparameters(config, dtype, roughness, num_sigma_clip, clip_sharpness)
     plan_fit(config, reference.image.shape, config.binSize)  # eager shape checks
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
@@ -297,34 +299,22 @@ def _increase_nxnysample(
     reference: Exposure,
     science: Exposure,
     hyper: Hyperparameters,
-    bits_ref: int,
-    bits_sci: int,
+    bits_ref: int | Array,
+    bits_sci: int | Array,
     config: MatchBackgroundsConfig,
     result: MatchResult,
 ) -> MatchResult:
-    """Re-bin the undersampled exposures once with ``(m · binSize) // (order + 1)``."""
-    status = np.asarray(result.status)
-    m = np.asarray(result.min_sampled)
-    order = max(chebyshev_orders(config))
-    retry = np.flatnonzero((status == UNDERSAMPLED) & (m > 0))
-    new_sizes = (m[retry] * config.binSize) // (order + 1)
+    """Re-fit the undersampled exposures once on LSST's number of cells (`_resample`)."""
     throw = config.replace(undersampleStyle="THROW_EXCEPTION")
-    for size in np.unique(new_sizes):
-        idx = retry[new_sizes == size]
-        try:
-            if size < 1:
-                raise ValueError("bin size below one pixel")
-            plan_fit(throw, reference.image.shape, int(size))
-        except ValueError:
-            continue  # still undersampled: the status stays UNDERSAMPLED
+    shape = reference.image.shape
+
+    def refit(idx: np.ndarray, grid: Any) -> MatchResult:
         sub = jax.tree.map(lambda a: a[idx], science)
-        redo = _match_batch(reference, sub, hyper, bits_ref, bits_sci, throw, int(size))
-        # A re-binned grid left with no valid bin is still an undersampling failure.
-        redo = dataclasses.replace(
-            redo, status=jnp.where(redo.status == NO_OVERLAP, UNDERSAMPLED, redo.status)
-        )
-        result = _set_rows(result, idx, redo)
-    return result
+        return _match_batch(reference, sub, hyper, bits_ref, bits_sci, throw, grid)
+
+    return increase_nxnysample(
+        result, config, shape, refit, lambda grid: plan_fit(throw, shape, grid), _set_rows
+    )
 
 
 def _set_rows(result: MatchResult, index: np.ndarray, rows: MatchResult) -> MatchResult:

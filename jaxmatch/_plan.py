@@ -17,8 +17,10 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ._basis import AbstractBasis, ChebyshevBasis, SplineBasis
-from ._binning import bin_edges, cell_centres, cell_edges
+from ._binning import bin_edges, cell_centres
 from ._config import MatchBackgroundsConfig
+from ._exceptions import UndersampledError
+from ._resample import fit_edges
 from ._spline import MIN_POINTS, knots, max_style
 from ._undersample import chebyshev_orders
 
@@ -92,11 +94,12 @@ def plan_fit(config: MatchBackgroundsConfig, shape: tuple[int, ...], bin_size: i
     Raises:
         ValueError: as LSST does: on the polynomial path when the short side is
             below ``binSize`` or the order exceeds ``ceil(side / binSize) - 1``; on
-            the spline path when an axis has too few bins for ``interpStyle`` and
+            the spline path (`UndersampledError`, also a `RuntimeError` as afw's)
+            when an axis has too few bins for ``interpStyle`` and
             ``undersampleStyle`` is not ``REDUCE_INTERP_ORDER``.
     """
     h, w = shape  # (H, W)
-    fit_y, fit_x = cell_edges(h, bin_size), cell_edges(w, bin_size)
+    fit_y, fit_x = fit_edges(h, bin_size), fit_edges(w, bin_size)
     diag_y, diag_x = bin_edges(h, config.binSize), bin_edges(w, config.binSize)
     if config.usePolynomial:
         basis = _chebyshev_basis(config, (h, w), bin_size)
@@ -136,7 +139,7 @@ def _spline_basis(
     fewest = min(len(ky), len(kx))
     if fewest < MIN_POINTS[style]:
         if config.undersampleStyle != "REDUCE_INTERP_ORDER":
-            raise ValueError(
+            raise UndersampledError(
                 f"{len(ky)} x {len(kx)} spline knots are too few for interpStyle={style} "
                 f"(needs {MIN_POINTS[style]} per axis) with undersampleStyle="
                 f"{config.undersampleStyle}; use a smaller binSize or REDUCE_INTERP_ORDER"

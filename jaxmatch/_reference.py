@@ -49,17 +49,44 @@ Deviations from LSST (each is deliberate):
 * **Usable pixels** are those flagged ``usable`` *and* finite (spec: *Data*),
   so a NaN pixel never leaks into a statistic or its gradient.
 
+**The Gen3 cost** (``refSelection="GEN3"``; LSST's Gen3 rewrite of the task,
+``ChooseReferenceVisitTask._defineWarps``) replaces the level by the flatness of
+the background. Each exposure's usable pixels are binned (``binSize``, afw's cell
+layout); a bin with ``>= 2`` usable pixels is valid and has the clipped mean
+``z_b`` and clipped variance ``v_b`` of its pixels (``MEANCLIP`` with
+``numSigmaClip``, ``numIter``; LSST: ``MEANCLIP`` and ``VARIANCECLIP``). A plane
+``p(u, v) = c0 + c1 u + c2 v`` is fitted to the valid bins with weights ``1/v_b``
+(LSST: a Chebyshev ``Approximate`` of order 1, inverse-variance weighted), and::
+
+    chi2_i = Σ_b (z_b - p_b)² / v_b / (n_b - 6)     (n_b valid bins; LSST's dof)
+    var_i  = mean_b v_b
+    cov_i  = number of usable pixels
+
+    cost_i = wChi2 · chi2_i / max chi2 + wVar · var_i / max var + wCov · min cov / cov_i
+
+with ``wChi2 = bestRefWeightChi2`` (0.3), ``wVar = bestRefWeightVariance`` (LSST
+Gen3: 0.3) and ``wCov = bestRefWeightGlobalCoverage`` (0.4). Deviations: LSST
+bins a whole tract over all of a visit's warps and interpolates empty bins before
+the fit; jaxmatch bins one exposure and leaves empty bins out; its coverage counts
+usable pixels (LSST: tract superpixels). An exposure with ``n_b <= 6`` valid bins
+(LSST's dof ``<= 0``) or a bin variance of 0 has no finite χ² and is skipped.
+
 All functions are pure and jittable. The statistics take one exposure; map
 them over a batch with ``jax.vmap(reference_statistics)``.
 """
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
+
+from ._binning import cell_centres, cell_edges, grid_statistics
 
 __all__ = [
     "reference_statistics",
     "reference_costs",
+    "gen3_reference_statistics",
+    "gen3_reference_costs",
     "select_reference",
     "softmin_weights",
     "soft_reference",
@@ -176,36 +203,155 @@ def reference_costs(
     The costs, shape ``(N,)``; NaN for skipped entries. A term whose
     normaliser is 0 (e.g. every variance 0) contributes 0.
     """
-    variance, level, coverage = (jnp.asarray(a) for a in (variance, level, coverage))
-    if not (variance.ndim == 1 and variance.shape == level.shape == coverage.shape):
-        raise ValueError(
-            "`variance`, `level` and `coverage` must be 1-D arrays of the same length; got "
-            f"shapes {variance.shape}, {level.shape}, {coverage.shape}."
-        )
-    candidate = (
-        jnp.isfinite(variance) & jnp.isfinite(level) & jnp.isfinite(coverage) & (coverage > 0)
+    return _weighted_cost(
+        [
+            (weight_variance, variance, "max"),
+            (weight_level, level, "max_abs"),
+            (weight_coverage, coverage, "inverse"),
+        ],
+        ("variance", "level", "coverage"),
     )
+
+
+def _weighted_cost(terms, names) -> Float[Array, " N"]:
+    """``Σ weight · normalised(values)`` over the candidate entries (NaN elsewhere).
+
+    ``terms``: ``(weight, values (N,), kind)`` with kind ``"max"`` (``v / max v``),
+    ``"max_abs"`` (``v / max |v|``) or ``"inverse"`` (``min v / v``, the coverage:
+    a candidate needs ``v > 0``). A candidate has every value finite. Normalisers
+    are taken over the candidates; a normaliser of 0 makes its term 0.
+    """
+    values = [jnp.asarray(v) for _, v, _ in terms]
+    if not (values[0].ndim == 1 and all(v.shape == values[0].shape for v in values)):
+        shapes = ", ".join(str(v.shape) for v in values)
+        raise ValueError(
+            f"`{'`, `'.join(names)}` must be 1-D arrays of the same length; got shapes {shapes}."
+        )
+    candidate = jnp.all(jnp.stack([jnp.isfinite(v) for v in values]), axis=0)
+    for (_, _, kind), v in zip(terms, values):
+        if kind == "inverse":
+            candidate = candidate & (v > 0)
     any_candidate = jnp.any(candidate)
-
-    # Replace skipped entries before any arithmetic so NaNs reach neither the
-    # normalisers nor the gradient (double-where trick).
-    var = jnp.where(candidate, variance, 0)
-    lev = jnp.where(candidate, level, 0)
-    cov = jnp.where(candidate, coverage, 1)
-
-    # Spec *selectRefExposure*: var / nanmax(var). Variances are >= 0, so the
-    # 0 fill never wins the max.
-    var_term = _safe_ratio(var, jnp.max(var))
-    # jaxmatch deviation: LSST divides by nanmax(level); max |level| keeps the
-    # term in [-1, 1] and "lower is better" for negative levels too.
-    lev_term = _safe_ratio(lev, jnp.max(jnp.abs(lev)))
-    # Spec *selectRefExposure*: nanmin(coverage) / coverage; the inf fill of
-    # skipped entries never wins the min, and is replaced when none is left.
-    cov_min = jnp.min(jnp.where(candidate, coverage, jnp.inf))
-    cov_term = jnp.where(any_candidate, cov_min, 1) / cov
-
-    cost = weight_variance * var_term + weight_level * lev_term + weight_coverage * cov_term
+    cost = 0.0
+    for (weight, _, kind), v in zip(terms, values):
+        # Replace skipped entries before any arithmetic so NaNs reach neither the
+        # normalisers nor the gradient (double-where trick).
+        if kind == "inverse":
+            # Spec *selectRefExposure*: nanmin(coverage) / coverage; the inf fill of
+            # skipped entries never wins the min, and is replaced when none is left.
+            safe = jnp.where(candidate, v, 1)
+            v_min = jnp.min(jnp.where(candidate, v, jnp.inf))
+            term = jnp.where(any_candidate, v_min, 1) / safe
+        elif kind == "max":
+            # Spec: v / nanmax(v); the values are >= 0, so the 0 fill never wins the max.
+            safe = jnp.where(candidate, v, 0)
+            term = _safe_ratio(safe, jnp.max(safe))
+        else:
+            # jaxmatch deviation: LSST divides by nanmax(level); max |level| keeps the
+            # term in [-1, 1] and "lower is better" for negative levels too.
+            safe = jnp.where(candidate, v, 0)
+            term = _safe_ratio(safe, jnp.max(jnp.abs(safe)))
+        cost = cost + weight * term
     return jnp.where(candidate, cost, jnp.nan)
+
+
+def gen3_reference_statistics(
+    image: Float[Array, "H W"],
+    usable: Bool[Array, "H W"],
+    bin_size: int,
+    num_sigma_clip: float | Float[Array, ""] = 3.0,
+    num_iter: int = 2,
+) -> tuple[Float[Array, ""], Float[Array, ""], Float[Array, ""]]:
+    r"""χ² of a plane fit, mean bin variance and coverage of one exposure (Gen3 cost).
+
+    **Arguments:**
+
+    - `image`, `usable`: shape ``(H, W)`` [ADU]; a pixel is used where ``usable``
+      and finite.
+    - `bin_size`: side of the bins [pixels] (static; afw's cell layout).
+    - `num_sigma_clip`, `num_iter`: the clipping of each bin's mean and variance.
+
+    **Returns:**
+
+    ``(chi2 [dimensionless], variance [ADU²], coverage [pixels])``, see the module
+    docstring. ``chi2`` is NaN with 6 valid bins or fewer, or when a valid bin has a
+    variance of 0. Differentiable in ``image``: the plane fit is a weighted
+    least-squares solve of 3 unknowns.
+    """
+    image = jnp.asarray(image)
+    usable = jnp.asarray(usable, dtype=bool)
+    if image.shape != usable.shape:
+        raise ValueError(
+            f"`image` has shape {image.shape} but `usable` has shape {usable.shape}; "
+            "pass a mask of the same shape as the image."
+        )
+    dtype = jnp.result_type(image.dtype, float)
+    image = image.astype(dtype)
+    usable = usable & jnp.isfinite(image)
+    h, w = image.shape
+    edges_y, edges_x = cell_edges(h, bin_size), cell_edges(w, bin_size)
+    value, s, _, n = grid_statistics(
+        image, usable, edges_y, edges_x, "MEANCLIP", num_sigma_clip, num_iter
+    )
+    var_bin = s * s
+    valid = (n >= 2) & jnp.isfinite(value) & jnp.isfinite(var_bin)
+    positive = valid & (var_bin > 0)
+    n_valid = jnp.sum(valid)
+    # Plane in the normalised coordinates of the cell centres.
+    yc = 2 * (cell_centres(*edges_y) + 0.5) / h - 1
+    xc = 2 * (cell_centres(*edges_x) + 0.5) / w - 1
+    v, u = np.meshgrid(yc, xc, indexing="ij")
+    design = jnp.asarray(np.stack([np.ones_like(u), u, v], axis=-1).reshape(-1, 3), dtype)
+    weight = jnp.where(positive, 1 / jnp.where(positive, var_bin, 1), 0).reshape(-1)
+    z = jnp.where(valid, value, 0).reshape(-1)
+    normal = design.T @ (weight[:, None] * design)
+    # A tiny ridge keeps the solve finite with fewer than 3 bins (then chi2 is NaN).
+    scale = jnp.trace(normal) / 3
+    normal = normal + 1e-12 * jnp.where(scale > 0, scale, 1) * jnp.eye(3, dtype=dtype)
+    plane = design @ jnp.linalg.solve(normal, design.T @ (weight * z))
+    chi2_sum = jnp.sum(weight * (z - plane) ** 2)
+    dof = n_valid - 6  # LSST: "Assuming eq. of plane"
+    ok = (dof > 0) & (jnp.sum(positive) == n_valid)
+    chi2 = jnp.where(ok, chi2_sum / jnp.where(ok, dof, 1).astype(dtype), jnp.nan)
+    variance = jnp.where(
+        n_valid > 0,
+        jnp.sum(jnp.where(valid, var_bin, 0)) / jnp.maximum(n_valid, 1).astype(dtype),
+        jnp.nan,
+    )
+    coverage = jnp.sum(usable, dtype=dtype)
+    return chi2, variance, coverage
+
+
+def gen3_reference_costs(
+    chi2: Float[ArrayLike, " N"],
+    variance: Float[ArrayLike, " N"],
+    coverage: Float[ArrayLike, " N"],
+    *,
+    weight_chi2: Float[ArrayLike, ""],
+    weight_variance: Float[ArrayLike, ""],
+    weight_coverage: Float[ArrayLike, ""],
+) -> Float[Array, " N"]:
+    r"""LSST Gen3's reference cost of each exposure (lower is better).
+
+    ::
+
+        cost_i = wChi2 · chi2_i / max chi2 + wVar · var_i / max var
+               + wCov · min cov / cov_i
+
+    over the candidates (finite statistics, ``coverage > 0``; NaN elsewhere),
+    from :func:`gen3_reference_statistics`. Weights: LSST Gen3's
+    ``bestRefWeightChi2`` (0.3), ``bestRefWeightVariance`` (0.3),
+    ``bestRefWeightGlobalCoverage`` (0.4). Differentiable in the statistics and
+    the weights.
+    """
+    return _weighted_cost(
+        [
+            (weight_chi2, chi2, "max"),
+            (weight_variance, variance, "max"),
+            (weight_coverage, coverage, "inverse"),
+        ],
+        ("chi2", "variance", "coverage"),
+    )
 
 
 def select_reference(costs: Float[ArrayLike, " N"]) -> Int[Array, ""]:

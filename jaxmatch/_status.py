@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Int
 
+from ._exceptions import MatchFailedError
+
 
 class Status(enum.IntEnum):
     """Outcome of one exposure's fit (the integer values are part of the API)."""
@@ -95,7 +97,8 @@ class _HasStatus(Protocol):
 
 
 def check_result(result: _HasStatus) -> None:
-    """Raise `ValueError` naming each exposure whose fit failed, and why.
+    """Raise `MatchFailedError` (a `ValueError` and a `RuntimeError`) naming each
+    exposure whose fit failed, and why.
 
     Status 4 (``NAN_DIAGNOSTIC``: model valid, a diagnostic NaN) is not a failure.
 
@@ -106,4 +109,4 @@ def check_result(result: _HasStatus) -> None:
     bad = np.flatnonzero(~np.asarray(fitted(status)))
     if bad.size:
         lines = [f"exposure {i}: {STATUS_MESSAGES[int(status[i])]}" for i in bad]
-        raise ValueError("background matching failed for " + "; ".join(lines))
+        raise MatchFailedError("background matching failed for " + "; ".join(lines))

@@ -21,16 +21,19 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._config import MatchBackgroundsConfig
+from ._config import Config, MatchBackgroundsConfig, MatchBackgroundsTaskConfig
 from ._exposure import Exposure, stack_exposures
 from ._global import match_all
 from ._match import FITTED, NAN_DIAGNOSTIC, STATUS_MESSAGES, match
 from ._reference import (
+    gen3_reference_costs,
+    gen3_reference_statistics,
     reference_costs,
     reference_statistics,
     select_reference,
@@ -45,32 +48,50 @@ class MatchBackgroundsTask(Task):
     """Match the backgrounds of coadd temp exposures to a reference (LSST interface).
 
     Arguments:
-        config: `MatchBackgroundsConfig` (default LSST settings).
+        config: a `MatchBackgroundsTaskConfig` (mutable, LSST style; the default,
+            LSST settings) or a frozen `MatchBackgroundsConfig`. The task keeps the
+            object: ``task.config.order = 4`` changes the next call, as in LSST.
         name, parentTask, log: as for every LSST task.
 
+    Each call validates the config and takes its frozen snapshot by value (the
+    compiled key): equal configs share compilations, whichever task holds them.
+
     Array leaves (differentiable, tunable): ``refWeights`` ``(3,)`` =
-    (coverage, variance, level) weights of the reference cost,
-    ``softminTemperature`` and ``splineRoughness``, initialised from the config.
+    (coverage, variance, level) weights of the Gen2 reference cost,
+    ``refWeightsGen3`` ``(3,)`` = (chi2, variance, globalCoverage) weights of the
+    Gen3 cost, ``softminTemperature`` and ``splineRoughness``, initialised from the
+    config and set again when one of their config fields is assigned.
     """
 
-    ConfigClass = MatchBackgroundsConfig
+    ConfigClass = MatchBackgroundsTaskConfig
     _DefaultName = "matchBackgrounds"
 
     refWeights: Float[Array, " 3"]
+    refWeightsGen3: Float[Array, " 3"]
     softminTemperature: Float[Array, ""]
     splineRoughness: Float[Array, ""]
 
     def __init__(self, config=None, *, name=None, parentTask=None, log=None):
         super().__init__(config, name=name, parentTask=parentTask, log=log)
         cfg = self.config
-        if not isinstance(cfg, MatchBackgroundsConfig):
-            raise TypeError(f"config must be a MatchBackgroundsConfig, got {type(cfg).__name__}")
-        self.refWeights = jnp.asarray(
-            [cfg.bestRefWeightCoverage, cfg.bestRefWeightVariance, cfg.bestRefWeightLevel],
-            dtype=float,
-        )
-        self.softminTemperature = jnp.asarray(cfg.softminTemperature, dtype=float)
-        self.splineRoughness = jnp.asarray(cfg.splineRoughness, dtype=float)
+        if not (
+            isinstance(cfg, MatchBackgroundsConfig)
+            or (isinstance(cfg, Config) and cfg.Frozen is MatchBackgroundsConfig)
+        ):
+            raise TypeError(
+                "config must be a MatchBackgroundsTaskConfig or MatchBackgroundsConfig, "
+                f"got {type(cfg).__name__}"
+            )
+        for name_, value in _leaves(cfg).items():
+            setattr(self, name_, value)
+
+    def _configChanged(self, previous) -> None:
+        # LSST reads the weights from the config at each call: assigning one of these
+        # fields sets its array leaf again (other leaves keep their, maybe tuned, values).
+        for name_, value in _leaves(self.config).items():
+            fields = _LEAF_FIELDS[name_]
+            if any(getattr(previous, f, None) != getattr(self.config, f) for f in fields):
+                object.__setattr__(self, name_, value)
 
     # -- LSST methods -----------------------------------------------------------------
     def run(
@@ -93,6 +114,7 @@ class MatchBackgroundsTask(Task):
         Raises `ValueError` for an empty list, a scaler list of the wrong length or a
         reference not in the list, and `RuntimeError` naming a missing exposure.
         """
+        self.staticConfig  # validate the config (FieldValidationError naming the field)
         expRefList = list(expRefList)
         if not expRefList:
             raise ValueError("expRefList is empty: nothing to match")
@@ -122,7 +144,7 @@ class MatchBackgroundsTask(Task):
                 else:
                     batch.append(exposure)
                     batchIndices.append(i)
-            if self.config.matchMode == "GLOBAL":
+            if self.staticConfig.matchMode == "GLOBAL":
                 self._fitGlobal(refExposure, batch, batchIndices, expRefList, infos)
             else:
                 for groupIndices, group in _groups(batchIndices, batch):
@@ -146,7 +168,7 @@ class MatchBackgroundsTask(Task):
             result = match(
                 refExposure,
                 stack_exposures(group),
-                self.config,
+                self.staticConfig,
                 roughness=self.splineRoughness,
                 raise_on_failure=False,
             )
@@ -196,7 +218,7 @@ class MatchBackgroundsTask(Task):
         try:
             result = match_all(
                 stack_exposures([m[0] for m in members]),
-                self.config,
+                self.staticConfig,
                 reference=0,
                 roughness=self.splineRoughness,
                 raise_on_failure=False,
@@ -220,9 +242,10 @@ class MatchBackgroundsTask(Task):
         imageScalerList: Sequence[ImageScaler] | None,
         expDatasetType: str,
     ) -> int:
-        """Index of the best reference: the minimum of the LSST cost (variance, level,
-        coverage, weighted by ``refWeights``). Missing exposures are skipped with a
-        warning; `RuntimeError` if none can be read.
+        """Index of the best reference: the minimum of the LSST cost (Gen2: variance,
+        level, coverage, weighted by ``refWeights``; with ``refSelection="GEN3"``, Gen3's
+        plane-fit chi2, variance, coverage, weighted by ``refWeightsGen3``). Missing
+        exposures are skipped with a warning; `RuntimeError` if none can be read.
         """
         expRefList = list(expRefList)
         if imageScalerList is not None and len(imageScalerList) != len(expRefList):
@@ -248,15 +271,32 @@ class MatchBackgroundsTask(Task):
             if exposure is None:
                 stats.append((np.nan, np.nan, np.nan))
                 continue
-            variance, level, coverage = reference_statistics(exposure.image, self._usable(exposure))
-            stats.append((float(variance), float(level), float(coverage)))
-        variance, level, coverage = (jnp.asarray(col, dtype=float) for col in zip(*stats))
-        costs = self.referenceCosts(variance, level, coverage)
+            stats.append(tuple(float(x) for x in _exposure_statistics(self, exposure)))
+        costs = self._costs(*(jnp.asarray(col, dtype=float) for col in zip(*stats)))
         best = int(select_reference(costs))
         if best < 0:
             raise RuntimeError("selectRefExposure: no exposure has a usable pixel")
         self.metadata["refIndex"] = best
         return best
+
+    def _statistics(self, exposure: Exposure):
+        """The three statistics of one exposure for the configured cost (``refSelection``):
+        GEN2 (variance, level, coverage), GEN3 (chi2, variance, coverage)."""
+        config = self.staticConfig
+        if config.refSelection == "GEN3":
+            return gen3_reference_statistics(
+                exposure.image,
+                self._usable(exposure),
+                config.binSize,
+                config.numSigmaClip,
+                config.numIter,
+            )
+        return reference_statistics(exposure.image, self._usable(exposure))
+
+    def _costs(self, a, b, c) -> Float[Array, " N"]:
+        if self.staticConfig.refSelection == "GEN3":
+            return self.referenceCostsGen3(a, b, c)
+        return self.referenceCosts(a, b, c)
 
     def matchBackgrounds(self, refExposure: Exposure, sciExposure: Exposure) -> Struct:
         """Match one science exposure to the reference (LSST's method).
@@ -272,7 +312,8 @@ class MatchBackgroundsTask(Task):
         if problem:
             raise RuntimeError(problem)
         with self.timer("matchBackgrounds"):
-            result = match(refExposure, sciExposure, self.config, roughness=self.splineRoughness)
+            config = self.staticConfig
+            result = match(refExposure, sciExposure, config, roughness=self.splineRoughness)
         # LSST's in-place update; the image keeps its pixel type (the engine may work in
         # another dtype), so image and variance stay of one dtype, as Exposure requires.
         matched = result.matched[0].astype(sciExposure.image.dtype)
@@ -285,8 +326,20 @@ class MatchBackgroundsTask(Task):
         )
 
     # -- differentiable reference selection ------------------------------------------
+    def referenceCostsGen3(self, chi2, variance, coverage) -> Float[Array, " N"]:
+        """LSST Gen3's reference cost with this task's ``refWeightsGen3``."""
+        w_chi2, w_var, w_cov = self.refWeightsGen3
+        return gen3_reference_costs(
+            chi2,
+            variance,
+            coverage,
+            weight_chi2=w_chi2,
+            weight_variance=w_var,
+            weight_coverage=w_cov,
+        )
+
     def referenceCosts(self, variance, level, coverage) -> Float[Array, " N"]:
-        """LSST's reference cost of each exposure with this task's ``refWeights``."""
+        """LSST's (Gen2) reference cost of each exposure with this task's ``refWeights``."""
         w_cov, w_var, w_level = self.refWeights
         return reference_costs(
             variance,
@@ -300,14 +353,13 @@ class MatchBackgroundsTask(Task):
     def softReferenceWeights(self, exposures: Exposure) -> Float[Array, " N"]:
         """Soft-min weights ``softmax(-cost / T)`` over a batch ``(N, H, W)``.
 
-        Differentiable in the images, ``refWeights`` and ``softminTemperature``;
+        The cost is the configured one (``refSelection``: GEN2 or GEN3).
+        Differentiable in the images, the cost's weights (``refWeights`` or
+        ``refWeightsGen3``) and ``softminTemperature``;
         tends to the one-hot `selectRefExposure` choice as ``T → 0``.
         """
-        usable = jax.vmap(self._usable)(exposures)
-        variance, level, coverage = jax.vmap(reference_statistics)(exposures.image, usable)
-        return softmin_weights(
-            self.referenceCosts(variance, level, coverage), self.softminTemperature
-        )
+        stats = jax.vmap(self._statistics)(exposures)
+        return softmin_weights(self._costs(*stats), self.softminTemperature)
 
     def softReference(self, exposures: Exposure) -> Exposure:
         """The soft reference exposure ``Σ_i w_i x_i`` of a batch (differentiable).
@@ -321,11 +373,33 @@ class MatchBackgroundsTask(Task):
         return Exposure(image, mask, variance, mask_planes=exposures.getMaskPlaneDict())
 
     def _usable(self, exposure: Exposure):
-        bits = exposure.bitmask(self.config.badMaskPlanes)
+        bits = exposure.bitmask(self.staticConfig.badMaskPlanes)
         return ((exposure.mask & bits) == 0) & jnp.isfinite(exposure.image)
 
 
 # -- helpers ----------------------------------------------------------------------------
+# One compiled program per (config, shape), shared by equal tasks (value-keyed statics).
+_exposure_statistics = eqx.filter_jit(lambda task, exposure: task._statistics(exposure))
+
+_LEAF_FIELDS = {
+    "refWeights": ("bestRefWeightCoverage", "bestRefWeightVariance", "bestRefWeightLevel"),
+    "refWeightsGen3": ("bestRefWeightChi2", "bestRefWeightVariance", "bestRefWeightGlobalCoverage"),
+    "softminTemperature": ("softminTemperature",),
+    "splineRoughness": ("splineRoughness",),
+}
+
+
+def _leaves(cfg) -> dict[str, Array]:
+    """The task's array leaves from a (frozen or mutable) config's values."""
+    return {
+        name: jnp.asarray(
+            [getattr(cfg, f) for f in fields] if len(fields) > 1 else getattr(cfg, fields[0]),
+            dtype=float,
+        )
+        for name, fields in _LEAF_FIELDS.items()
+    }
+
+
 def _info(isReference: bool) -> Struct:
     return Struct(
         isReference=isReference, backgroundModel=None, fitRMS=None, matchedMSE=None, diffImVar=None

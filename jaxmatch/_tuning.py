@@ -341,7 +341,7 @@ def tune(
     from ._task import MatchBackgroundsTask
 
     if isinstance(config, MatchBackgroundsTask):
-        config = config.config
+        config = config.staticConfig
     config = MatchBackgroundsConfig() if config is None else config
     unknown = set(parameters) - set(PARAMETERS)
     if unknown:

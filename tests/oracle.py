@@ -13,9 +13,11 @@ Readings chosen where the document leaves room (the most literal one each time):
   the set; ``diffImVar`` of a single pixel is that pixel); no values give NaN.
 * fitRMS bins use the configured ``binSize`` even after INCREASE_NXNYSAMPLE
   re-binned the fit grid (as LSST's ``_gridImage(..., self.config.binSize)``).
-* INCREASE_NXNYSAMPLE: a re-binned grid with no valid cell is "still
-  undersampled" (status 2, not 1); with ``binSize' < 1`` the original grid and
-  ``bin_size_used = binSize`` are reported.
+* INCREASE_NXNYSAMPLE: LSST's ``(m * binSize) // (order + 1)`` is a number of
+  cells per axis (afw's setNxSample/setNySample); a re-binned grid with no valid
+  cell is "still undersampled" (status 2, not 1); with fewer than one cell (or
+  more cells than pixels) the original grid and ``bin_size_used = binSize`` are
+  reported, else ``bin_size_used`` is the largest cell side.
 * A failed exposure's ``model`` is NaN (the NaN coefficients' model);
   ``effective_order`` is then the requested ``(orderY, order)``.
 * ``chebyshev_terms="TOTAL"`` ignores ``order_y``; ``C`` is ``(order+1, order+1)``.
@@ -45,11 +47,13 @@ SPLINE_RANK = ["CONSTANT", "LINEAR", "NATURAL_SPLINE", "AKIMA_SPLINE"]
 # --------------------------------------------------------------------------
 # Section 2: the fit grid
 # --------------------------------------------------------------------------
-def cell_edges(length, bin_size):
-    """afw Background cell layout along one axis: ``(starts, sizes)`` as int arrays."""
+def cell_edges(length, bin_size, n=None):
+    """afw Background cell layout along one axis: ``(starts, sizes)`` as int arrays.
+
+    ``n``: the number of cells (default ``ceil(length / bin_size)``)."""
     length = int(length)
     bin_size = int(bin_size)
-    n = -(-length // bin_size)  # ceil(L / b) in integers
+    n = -(-length // bin_size) if n is None else int(n)  # ceil(L / b) in integers
     starts = []
     sizes = []
     previous_end = 0
@@ -250,11 +254,13 @@ def spline_knots(centres, knot_spacing):
 # --------------------------------------------------------------------------
 # Sections 2-4: grid statistics and weights
 # --------------------------------------------------------------------------
-def _grid(diff, usable, bin_size, statistic, num_sigma_clip, num_iter, eps, clip_sharpness=None):
+def _grid(
+    diff, usable, bin_size, statistic, num_sigma_clip, num_iter, eps, clip_sharpness=None, n=None
+):
     """Cell values, errors, valid flags and normalised weights of the fit grid."""
     height, width = diff.shape
-    ys, yn = cell_edges(height, bin_size)
-    xs, xn = cell_edges(width, bin_size)
+    ys, yn = cell_edges(height, bin_size, n)
+    xs, xn = cell_edges(width, bin_size, n)
     ny, nx = len(ys), len(xs)
     values = np.full((ny, nx), np.nan)
     errors = np.full((ny, nx), np.nan)
@@ -413,8 +419,8 @@ def oracle_match(
     )
     usable_var = usable & np.isfinite(diff_var)
 
-    def grid_for(b):
-        g = _grid(diff, usable, b, grid_statistic, num_sigma_clip, num_iter, eps, clip_sharpness)
+    def grid_for(b, n=None):
+        g = _grid(diff, usable, b, grid_statistic, num_sigma_clip, num_iter, eps, clip_sharpness, n)
         g["weights"] = _weights(g["errors"], g["valid"], approx_weighting, eps)
         return g
 
@@ -490,12 +496,16 @@ def oracle_match(
                 d = determined_degree(grid, eff_y, eff_x)
                 eff_x, eff_y = min(eff_x, d), min(eff_y, d)
             elif undersample_style == "INCREASE_NXNYSAMPLE":
-                new_bin = (m * bin_size) // (max(order_x, order_yy) + 1)
-                if new_bin < 1:
+                # LSST hands this to afw's setNxSample/setNySample: a number of cells.
+                n_cells = (m * bin_size) // (max(order_x, order_yy) + 1)
+                if n_cells < 1 or n_cells > min(height, width):
                     status = STATUS_UNDERSAMPLED
                 else:
-                    grid = grid_for(new_bin)
-                    bin_used = new_bin
+                    grid = grid_for(bin_size, n_cells)
+                    bin_used = max(
+                        int(cell_edges(side, bin_size, n_cells)[1].max())
+                        for side in (height, width)
+                    )
                     if undersampled(grid["valid"]) or rank_undersampled(grid):
                         status = STATUS_UNDERSAMPLED
             else:

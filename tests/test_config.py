@@ -5,6 +5,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from jaxmatch._config import (
@@ -61,6 +62,9 @@ def _non_default():
         globalGauge="MEAN",
         globalWeights="PAIR",
         globalMaxPartners=4,
+        refSelection="GEN3",
+        bestRefWeightChi2=0.5,
+        bestRefWeightGlobalCoverage=0.25,
     )
 
 
@@ -288,3 +292,251 @@ def test_config_is_a_static_jit_argument():
     out = f_jit(x, MatchBackgroundsConfig(binSize=8))  # different config: retrace
     assert len(traces) == 2
     assert jnp.array_equal(out, x * 8)
+
+
+# == the mutable, LSST-style config (pex_config idioms) ==================================
+from jaxmatch import MatchBackgroundsTask  # noqa: E402
+from jaxmatch._config import MatchBackgroundsTaskConfig  # noqa: E402
+from jaxmatch._exceptions import FieldValidationError  # noqa: E402
+
+
+def test_task_config_takes_lsst_assignments():
+    task = MatchBackgroundsTask()
+    assert isinstance(task.config, MatchBackgroundsTaskConfig)
+    task.config.order = 4  # LSST's tests' setUp
+    task.config.usePolynomial = True
+    task.config.badMaskPlanes.append("EDGE")
+    snap = task.staticConfig
+    assert isinstance(snap, MatchBackgroundsConfig)
+    assert (snap.order, snap.usePolynomial) == (4, True)
+    assert snap.badMaskPlanes[-1] == "EDGE"
+    assert task.config == snap and task.config != MatchBackgroundsConfig()
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("order", 2.5), ("order", True), ("usePolynomial", 1), ("binSize", "128"),
+     ("badMaskPlanes", "BAD"), ("gridStatistic", "MODE"), ("interpStyle", "cubic")],
+)  # fmt: skip
+def test_assignment_checks_type_and_choice(field, value):
+    config = MatchBackgroundsTaskConfig()
+    with pytest.raises(FieldValidationError, match=field) as info:
+        setattr(config, field, value)
+    # pex_config's class is a ValueError; jaxmatch raised TypeError for types before
+    assert isinstance(info.value, ValueError) and isinstance(info.value, TypeError)
+    assert getattr(config, field) == getattr(MatchBackgroundsTaskConfig(), field)  # unchanged
+
+
+def test_unknown_field_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="binsize"):
+        MatchBackgroundsTaskConfig().binsize = 128
+
+
+def test_validate_checks_ranges_and_combinations_and_each_call():
+    task = MatchBackgroundsTask()
+    task.config.interpStyle = "NONE"  # valid for the polynomial path only
+    with pytest.raises(FieldValidationError, match="interpStyle"):
+        task.config.validate()
+    with pytest.raises(ValueError, match="interpStyle"):  # the next call refuses it too
+        task.run([jm_exposure()], "deepCoadd_tempExp")
+    task.config.usePolynomial = True  # the combination is fine now
+    task.config.validate()
+    task.config.bestRefWeightLevel = 1.5
+    with pytest.raises(FieldValidationError, match="bestRefWeightLevel"):
+        task.config.validate()
+
+
+def jm_exposure():
+    import jaxmatch as jm
+
+    return jm.Exposure(jnp.ones((8, 8)))
+
+
+def test_freeze_refuses_changes():
+    config = MatchBackgroundsTaskConfig()
+    config.freeze()
+    with pytest.raises(FieldValidationError, match="frozen"):
+        config.binSize = 128
+    with pytest.raises(FieldValidationError, match="frozen"):
+        config.badMaskPlanes.append("EDGE")
+    assert config.binSize == 256 and "EDGE" not in config.badMaskPlanes
+
+
+def test_python_override_file_as_pex_config(tmp_path):
+    path = tmp_path / "réglages du ciel.py"  # spaces and accents
+    path.write_text("config.binSize = 128\nconfig.order = 4\nroot.usePolynomial = True\n")
+    config = MatchBackgroundsTaskConfig()
+    config.load(path)
+    assert (config.binSize, config.order, config.usePolynomial) == (128, 4, True)
+    bad = tmp_path / "bad.py"
+    bad.write_text("config.binSize = 'large'\n")
+    with pytest.raises(FieldValidationError, match="binSize"):
+        config.load(bad)
+
+
+def test_save_load_round_trip_of_the_mutable_config(tmp_path):
+    config = _non_default().thaw()
+    path = tmp_path / "overrides file.py"
+    config.save(path)
+    back = MatchBackgroundsTaskConfig()
+    back.load(str(path))
+    assert back == config and back.snapshot() == _non_default()
+    toml = tmp_path / "c.toml"  # the frozen config's TOML files load too
+    _non_default().save(toml)
+    fresh = MatchBackgroundsTaskConfig()
+    fresh.load(toml)
+    assert fresh.snapshot() == _non_default()
+
+
+def test_thaw_and_snapshot_are_inverse():
+    frozen = _non_default()
+    thawed = frozen.thaw()
+    assert thawed.snapshot() == frozen and hash(thawed.staticKey()) == hash(frozen)
+    assert MatchBackgroundsTaskConfig.fromFrozen(frozen) == thawed
+    with pytest.raises(TypeError):
+        hash(thawed)  # mutable: its snapshot is the key
+
+
+def test_subtask_config_as_pex_config():
+    from jaxmatch._taskbase import Task
+
+    @dataclasses.dataclass(frozen=True)
+    class ParentFrozen:
+        matcher: object = dataclasses.field(
+            default_factory=lambda: MatchBackgroundsTask.makeField("matching")
+        )
+        factor: float = 1.0
+
+    class ParentConfig(jm_config_base(), frozen=ParentFrozen):
+        pass
+
+    class Parent(Task):
+        ConfigClass = ParentConfig
+        _DefaultName = "parent"
+
+        def __init__(self, config=None, **kw):
+            super().__init__(config, **kw)
+            self.makeSubtask("matcher")
+
+    config = ParentConfig()
+    config.matcher.binSize = 64  # pex_config: attributes of the subtask's config
+    config.factor = 2  # an int for a float field is converted, as pex_config
+    assert config.matcher.value.binSize == 64 and config.factor == 2.0
+    parent = Parent(config)
+    assert parent.matcher.staticConfig.binSize == 64
+    parent.config.matcher.order = 3  # reaches the built subtask's static snapshot
+    assert parent.matcher.staticConfig.order == 3
+    replacement = MatchBackgroundsTaskConfig(binSize=32)
+    config2 = ParentConfig()
+    config2.matcher = replacement  # a whole config assigned to the field
+    assert config2.matcher.value is replacement
+    with pytest.raises(FieldValidationError, match="MatchBackgroundsTaskConfig"):
+        config2.matcher = 3
+    text = config.saveToString()
+    assert "config.matcher.binSize = 64" in text and "retarget" in text
+    again = ParentConfig()
+    again.loadFromString(text)
+    assert again.matcher.value.binSize == 64 and again.matcher.target is MatchBackgroundsTask
+
+
+def jm_config_base():
+    from jaxmatch._config import Config
+
+    return Config
+
+
+# -- value-keyed compilation reuse: counted traces ----------------------------------------
+@pytest.fixture
+def traces():
+    """Counts every jit trace in the process while the test runs (jax.monitoring)."""
+    import jax.monitoring
+
+    counter = {"n": 0, "names": []}
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/jaxpr_trace_duration":
+            counter["n"] += 1
+            counter["names"].append(kwargs.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    yield counter
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def _pair(planes=None):
+    """64 x 64 reference and science with one masked blob; ``planes`` relabels bits."""
+    import jaxmatch as jm
+
+    rng = np.random.default_rng(5)
+    planes = dict(jm.DEFAULT_MASK_PLANES if planes is None else planes)
+    y, x = np.mgrid[:64, :64]
+    sci = rng.standard_normal((64, 64)) + 0.01 * x
+    ref = rng.standard_normal((64, 64)) + 3.0
+    mask = np.zeros((64, 64), np.int32)
+    mask[10:20, 10:20] = 1 << planes["DETECTED"]
+    sci[10:20, 10:20] += 100  # masked: must not matter
+    mask[30:34, 40:44] = 1 << planes["SUSPECT"]  # not a bad plane
+    return jm.Exposure(ref, mask_planes=planes), jm.Exposure(sci, mask, mask_planes=planes)
+
+
+SMALL = dict(binSize=16, interpStyle="LINEAR")
+
+
+def test_equal_configs_and_new_task_instances_trace_once(traces):
+    ref, sci = _pair()
+    first = MatchBackgroundsTask()
+    first.config.update(**SMALL)
+    model = first.matchBackgrounds(ref, _pair()[1]).backgroundModel.getImage()
+    assert traces["names"].count("_match_batch") == 1
+    before = traces["n"]
+    for config in (MatchBackgroundsTaskConfig(**SMALL), MatchBackgroundsConfig(**SMALL)):
+        task = MatchBackgroundsTask(config)  # a new instance, an equal config
+        again = task.matchBackgrounds(ref, _pair()[1]).backgroundModel.getImage()
+        np.testing.assert_array_equal(again, model)
+    assert traces["n"] == before  # nothing traced again
+    first.config.binSize = 32  # a different config compiles
+    first.matchBackgrounds(ref, _pair()[1])
+    assert traces["names"].count("_match_batch") == 2
+
+
+def test_mask_plane_dictionaries_do_not_recompile(traces):
+    import jaxmatch as jm
+
+    config = MatchBackgroundsConfig(**SMALL)
+    ref, sci = _pair()
+    expected = jm.match(ref, sci, config)
+    before = traces["n"]
+    # the same planes on other bits, and a dictionary with an extra plane
+    shuffled = {name: (bit + 5) % 9 for name, bit in jm.DEFAULT_MASK_PLANES.items()}
+    extra = {**jm.DEFAULT_MASK_PLANES, "STREAK": 12}
+    for planes in (shuffled, extra):
+        ref2, sci2 = _pair(planes)
+        got = jm.match(ref2, sci2, config)
+        np.testing.assert_array_equal(got.model.coefficients, expected.model.coefficients)
+    assert traces["n"] == before
+
+
+def test_user_jit_over_tasks_reuses_and_follows_config_changes():
+    import equinox as eqx
+
+    count = []
+
+    @eqx.filter_jit
+    def scaled(task, x):
+        count.append(1)
+        return task.refWeights.sum() * x + task.staticConfig.binSize
+
+    one, two = jnp.asarray(1.0), jnp.asarray(2.0)  # arrays: Python floats would be static
+    a = MatchBackgroundsTask()
+    assert float(scaled(a, one)) == pytest.approx(1.0 + 256)
+    assert float(scaled(MatchBackgroundsTask(), two)) == pytest.approx(2.0 + 256)
+    assert len(count) == 1  # a new, equal task: the same compilation
+    a.config.binSize = 128  # the task's static key follows: traced again, new value
+    assert float(scaled(a, one)) == pytest.approx(1.0 + 128)
+    assert len(count) == 2
+    a.config.bestRefWeightLevel = 0.6  # the array leaf follows the config too
+    assert float(scaled(a, one)) == pytest.approx(1.4 + 128)
+    # (every config field is part of the snapshot, so this traced once more)
+    b = eqx.tree_at(lambda t: t.refWeights, a, a.refWeights * 2)  # only an array: reused
+    assert float(scaled(b, one)) == pytest.approx(2.8 + 128)
+    assert len(count) == 3

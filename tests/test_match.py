@@ -135,9 +135,10 @@ def test_undersampling_styles_match_oracle(style):
         assert int(result.status[0]) == 2
         with pytest.raises(ValueError, match="exposure 0: too few usable bins"):
             jm.match(ref, sci, config)
-    else:  # re-binned with (2 * 16) // 4 = 8 pixel bins: 4 usable columns > order 3
-        assert int(result.bin_size[0]) == 8 == expected["bin_size_used"]
-        assert int(result.status[0]) == 0
+    else:  # re-fitted on (2 * 16) // 4 = 8 cells per axis (LSST), of 10 x 12 pixels:
+        # the 32 usable columns fill 3 cell columns <= order 3, still undersampled
+        assert int(result.bin_size[0]) == 12 == expected["bin_size_used"]
+        assert int(result.status[0]) == 2
 
 
 def test_recovers_simulated_backgrounds():

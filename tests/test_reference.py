@@ -317,3 +317,114 @@ def test_pipeline_gradients_match_finite_differences(rng):
     grads = jax.grad(loss, argnums=(0, 1, 2, 3, 4))(*args)
     assert all(np.all(np.isfinite(g)) for g in grads)
     assert all(np.any(np.asarray(g) != 0) for g in grads)  # every input matters
+
+
+# == the Gen3 cost (refSelection="GEN3") =================================================
+from jaxmatch._reference import gen3_reference_costs, gen3_reference_statistics  # noqa: E402
+
+_gen3_stats = jax.jit(gen3_reference_statistics, static_argnums=2)  # one compile per shape
+
+
+def _numpy_gen3_statistics(image, usable, bin_size, nsig=3.0, niter=2):
+    """NumPy float64 reading of the Gen3 statistics (module docstring of _reference)."""
+    import oracle
+
+    h, w = image.shape
+    (ys, yn), (xs, xn) = oracle.cell_edges(h, bin_size), oracle.cell_edges(w, bin_size)
+    rows = []
+    for i in range(len(ys)):
+        for j in range(len(xs)):
+            block = image[ys[i] : ys[i] + yn[i], xs[j] : xs[j] + xn[j]]
+            ok = usable[ys[i] : ys[i] + yn[i], xs[j] : xs[j] + xn[j]] & np.isfinite(block)
+            if ok.sum() < 2:
+                continue
+            value, s, _ = oracle.cell_statistic(block[ok], "MEANCLIP", nsig, niter)
+            u = 2 * (xs[j] + xn[j] / 2) / w - 1  # centre + 0.5, normalised
+            v = 2 * (ys[i] + yn[i] / 2) / h - 1
+            rows.append((u, v, value, s * s))
+    u, v, z, var = map(np.array, zip(*rows))
+    a = np.stack([np.ones_like(u), u, v], axis=1)
+    sw = 1 / np.sqrt(var)
+    coef = np.linalg.lstsq(a * sw[:, None], z * sw, rcond=None)[0]
+    chi2 = np.sum((z - a @ coef) ** 2 / var) / (len(z) - 6)
+    coverage = np.sum(usable & np.isfinite(image))
+    return chi2, var.mean(), float(coverage)
+
+
+def _gen3_image(seed, shape=(40, 48), curvature=0.0, sigma=1.0):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[: shape[0], : shape[1]] / 10.0
+    image = 5 + 0.3 * x - 0.2 * y + curvature * (x - 2.4) ** 2 + rng.normal(0, sigma, shape)
+    usable = rng.random(shape) > 0.1
+    image[3, 5] = np.nan  # unflagged NaN: dropped
+    return image, usable
+
+
+def test_gen3_statistics_match_numpy():
+    for curvature in (0.0, 0.5):
+        image, usable = _gen3_image(1, curvature=curvature)
+        got = _gen3_stats(jnp.asarray(image), jnp.asarray(usable), 8)
+        want = _numpy_gen3_statistics(image, usable, 8)
+        # float64 both; lstsq vs normal equations of a 3-column, well-conditioned plane
+        np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-9)
+    flat = _gen3_stats(*map(jnp.asarray, _gen3_image(1)), 8)[0]
+    curved = _gen3_stats(*map(jnp.asarray, _gen3_image(1, curvature=0.5)), 8)[0]
+    assert float(curved) > 10 * float(flat)  # a curved background is not a plane
+
+
+def test_gen3_statistics_float32_and_degenerate_cases():
+    image, usable = _gen3_image(2, curvature=0.2)
+    f64 = np.array(_gen3_stats(jnp.asarray(image), jnp.asarray(usable), 8))
+    f32 = np.array(
+        _gen3_stats(jnp.asarray(image, jnp.float32), jnp.asarray(usable), 8)
+    )
+    assert f32.dtype == np.float32
+    # float32 sums over <= 64 pixels a bin and 30 bins: ~1e-6 relative; the plane's
+    # residuals are ~10% of the values, so chi2 loses one more digit: 1e-4
+    np.testing.assert_allclose(f32, f64, rtol=1e-4)
+    few = np.zeros_like(usable)
+    few[:16, :24] = True  # 2 x 3 = 6 valid bins: LSST's dof = 0, no chi2
+    chi2, variance, coverage = _gen3_stats(jnp.asarray(image), jnp.asarray(few), 8)
+    assert np.isnan(chi2) and np.isfinite(variance) and float(coverage) == 16 * 24 - 1  # a NaN
+
+
+def test_gen3_costs_match_numpy_and_skip_nan():
+    chi2 = np.array([2.0, 0.5, np.nan, 1.0])
+    var = np.array([1.0, 3.0, 1.0, 2.0])
+    cov = np.array([100.0, 80.0, 120.0, 50.0])
+    got = gen3_reference_costs(
+        chi2, var, cov, weight_chi2=0.3, weight_variance=0.3, weight_coverage=0.4
+    )
+    ok = np.isfinite(chi2)
+    want = 0.3 * chi2 / 2.0 + 0.3 * var / 3.0 + 0.4 * 50.0 / cov  # maxima over candidates
+    np.testing.assert_allclose(np.array(got)[ok], want[ok], rtol=1e-12)
+    assert np.isnan(got[2])
+    assert int(select_reference(got)) == int(np.nanargmin(np.where(ok, want, np.nan)))
+
+
+def test_gen3_soft_min_gradients_match_finite_differences():
+    """The soft-min weights of 3 exposures, differentiable in the images (through
+    the plane fit's χ²) and in the three weights."""
+    images = jnp.asarray(np.stack([_gen3_image(s, (24, 24), c)[0] for s, c in
+                                   ((3, 0.0), (4, 0.3), (5, 0.1))]))  # fmt: skip
+    images = jnp.where(jnp.isnan(images), 0.0, images)
+    usable = jnp.ones(images.shape, bool)
+
+    @jax.jit
+    def weights(imgs, w):
+        stats = jax.vmap(lambda im, us: gen3_reference_statistics(im, us, 6))(imgs, usable)
+        costs = gen3_reference_costs(
+            *stats, weight_chi2=w[0], weight_variance=w[1], weight_coverage=w[2]
+        )
+        return softmin_weights(costs, 0.1)
+
+    w0 = jnp.asarray([0.3, 0.3, 0.4])
+    grad_image = jax.grad(lambda im: weights(im, w0)[1])(images)
+    assert float(jnp.abs(grad_image).max()) > 0
+    # Central differences on a few pixels (eps 1e-5: no pixel crosses a clip bound).
+    eps = 1e-5
+    for idx in [(0, 3, 4), (1, 12, 12), (2, 20, 1)]:
+        up = weights(images.at[idx].add(eps), w0)[1]
+        down = weights(images.at[idx].add(-eps), w0)[1]
+        np.testing.assert_allclose(grad_image[idx], (up - down) / (2 * eps), rtol=1e-5, atol=1e-9)
+    check_grads(lambda w: weights(images, w), (w0,), order=1, modes=["rev"], eps=1e-4)

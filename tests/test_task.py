@@ -666,3 +666,30 @@ def test_filter_jit_does_not_retrace_when_float_leaves_change(hand):
     # a new static config does retrace, so the counter would see a retrace
     weights(MatchBackgroundsTask(CFG.replace(softminTemperature=1.0)), batch)
     assert traces == 2
+
+
+# ------------------------------------------------------------- 5. Gen3 reference cost
+def test_gen3_reference_selection_prefers_the_flattest_background():
+    """refSelection="GEN3": a flat, quiet exposure beats a curved one (χ² term) and a
+    noisy one (variance term); the soft-min follows and has gradients in the Gen3
+    weights (leaf ``refWeightsGen3``)."""
+    rng = np.random.default_rng(8)
+    y, x = np.mgrid[:48, :48] / 48.0
+    flat = 10 + 0.5 * x + rng.normal(0, 1, (48, 48))
+    curved = 10 + 40 * (x - 0.5) ** 2 + rng.normal(0, 1, (48, 48))
+    noisy = 10 + 0.5 * y + rng.normal(0, 2, (48, 48))
+    exposures = [Exposure(im) for im in (curved, flat, noisy)]
+    task = MatchBackgroundsTask()
+    task.config.refSelection = "GEN3"
+    task.config.binSize = 8
+    task.config.softminTemperature = 0.01
+    assert task.selectRefExposure(exposures, None, DATASET) == 1
+    assert task.metadata["refIndex"] == 1
+    batch = stack_exposures(exposures)
+    weights = _soft_weights(task, batch)
+    np.testing.assert_allclose(weights, [0, 1, 0], atol=1e-6)  # T = 0.01, cost gaps > 0.1
+
+    warm = eqx.tree_at(lambda t: t.softminTemperature, task, _leaf(0.2))
+    grads = eqx.filter_grad(lambda t: t.softReferenceWeights(batch)[1])(warm)
+    assert np.all(np.isfinite(grads.refWeightsGen3)) and np.any(grads.refWeightsGen3 != 0)
+    assert np.all(np.asarray(grads.refWeights) == 0)  # the Gen2 weights are not used

@@ -207,7 +207,77 @@ def test_pytree_leaves_and_filter_jit_no_retrace(top):
     assert float(eqx.filter_jit(TopTask.scale)(moved, 2.0)) == 8.0
     assert len(traces) == 1  # only an array leaf changed: no retrace
     apply(TopTask(), 3.0)
-    assert len(traces) == 2  # a different task (new static state) does retrace
+    # a new TopTask's config holds a new ConfigurableField, compared by identity: retrace
+    assert len(traces) == 2
+
+
+# --- static state compared by value ------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class LeafConfig:
+    offset: float = 1.0
+
+
+class LeafTask(Task):
+    """A subtask with an array leaf of its own."""
+
+    ConfigClass = LeafConfig
+    _DefaultName = "leaf"
+    scale: jax.Array
+
+    def __init__(self, config=None, *, scale=1.0, **kwargs):
+        super().__init__(config, **kwargs)
+        self.scale = jnp.asarray(scale)
+
+
+class HolderTask(Task):
+    ConfigClass = SubSubConfig
+    _DefaultName = "holder"
+
+    def __init__(self, config=None, *, scale=1.0, **kwargs):
+        super().__init__(config, **kwargs)
+        # built by hand: the subtask's array is not a pytree leaf of the holder
+        self._state.subtasks["leaf"] = LeafTask(scale=scale, name="leaf", parentTask=self)
+
+
+def test_new_instances_with_equal_state_share_compilations():
+    traces = []
+
+    @eqx.filter_jit
+    def apply(task, x):
+        traces.append(None)
+        return task.leaf.scale * x * task.config.factor
+
+    x = jnp.asarray(3.0)
+    assert float(apply(HolderTask(), x)) == 6.0
+    assert float(apply(HolderTask(), x)) == 6.0  # a new, equal instance
+    assert len(traces) == 1
+    # the subtask's array is a constant of the trace, so a different value must retrace
+    assert float(apply(HolderTask(scale=2.0), x)) == 12.0
+    assert len(traces) == 2
+    assert float(apply(HolderTask(name="other"), x)) == 6.0  # another name: retrace
+    assert len(traces) == 3
+    a, b = HolderTask(), HolderTask()
+    a.metadata["anything"] = 1  # metadata does not enter the key
+    assert a._state == b._state and hash(a._state) == hash(b._state)
+
+
+def test_free_attributes_as_on_an_lsst_task(top):
+    top.debugDataIdString = "Test Visit"  # LSST's task sets this during run
+    assert top.debugDataIdString == "Test Visit"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        top.weight = jnp.asarray(2.0)  # fields stay frozen (equinox)
+    with pytest.raises(AttributeError, match="config"):
+        top.config = TopConfig()
+    assert len(jax.tree_util.tree_leaves(top)) == 1  # not a pytree leaf
+
+
+def test_configurable_field_passes_attributes_to_its_config():
+    field = SubSubTask.makeField("doc")
+    assert field.factor == 2.0  # read through to the config
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        field.factor = 3.0  # this config is a frozen dataclass
+    with pytest.raises(ValueError, match="SubSubConfig"):
+        field.value = LeafConfig()
 
 
 def test_struct():
