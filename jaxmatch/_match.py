@@ -16,7 +16,6 @@ without recompiling.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -37,7 +36,6 @@ from ._compile import filter_jit
 from ._config import MatchBackgroundsConfig, static_config
 from ._diagnostics import centre_pixels, fit_rms, matched_mse
 from ._exposure import Exposure
-from ._maskbits import traced_mask_bits
 from ._fit import (
     RIDGE_PER_CELL as RIDGE_PER_CELL,
     Hyperparameters,
@@ -45,8 +43,8 @@ from ._fit import (
     prepare_fit as prepare_fit,
     solve_prepared as solve_prepared,
 )
+from ._maskbits import traced_mask_bits
 from ._model import BackgroundModel
-from ._resample import fit_grid_size, increase_nxnysample
 from ._plan import (
     FitPlan,
     design_matrix as design_matrix,
@@ -54,6 +52,7 @@ from ._plan import (
     plan_fit as plan_fit,
     same_edges,
 )
+from ._resample import fit_grid_size, increase_nxnysample
 from ._status import (
     FITTED as FITTED,
     NAN_DIAGNOSTIC as NAN_DIAGNOSTIC,
