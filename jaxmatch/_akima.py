@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ._custom_types import AnyArray
 from ._separable import constant_if_known, outer_sum
 
 
@@ -46,7 +47,7 @@ def akima_derivatives(t: np.ndarray, f: Float[Array, "k ..."]) -> Float[Array, "
     return jnp.where(flat, 0.5 * (mm[1:-2] + mm[2:-1]), weighted)
 
 
-def hermite_matrices(x: Float[Array, " n"], t: np.ndarray) -> tuple[Array, Array]:
+def hermite_matrices(x: Float[AnyArray, " n"], t: np.ndarray) -> tuple[Array, Array]:
     """``V``, ``D`` ``(n, k)``: the cubic Hermite interpolant is ``V f + D d``.
 
     Each point uses the interval that contains it (the end intervals beyond the
@@ -72,8 +73,8 @@ def akima_grid(
     coefficients: Float[Array, "ky kx"],
     knots_y: np.ndarray,
     knots_x: np.ndarray,
-    y: Float[Array, " ny"],
-    x: Float[Array, " nx"],
+    y: Float[AnyArray, " ny"],
+    x: Float[AnyArray, " nx"],
 ) -> Float[Array, "ny nx"]:
     """Separable Akima interpolation of knot values: along y, then along x (afw's order)."""
     vy, dy = constant_if_known(hermite_matrices, y, knots_y)

@@ -52,7 +52,7 @@ from ._plan import (
     plan_fit as plan_fit,
     same_edges,
 )
-from ._resample import fit_grid_size, increase_nxnysample
+from ._resample import CellCount, fit_grid_size, increase_nxnysample
 from ._status import (
     FITTED as FITTED,
     NAN_DIAGNOSTIC as NAN_DIAGNOSTIC,
@@ -125,7 +125,7 @@ def match_one(
     bits_sci: int | Array,
     config: MatchBackgroundsConfig,
     plan: FitPlan,
-    bin_size: int,
+    bin_size: int | CellCount,
 ) -> MatchResult:
     """Match one science exposure ``(H, W)`` to the reference: a `MatchResult`
     without the batch axis (``vmap`` adds it)."""
@@ -189,7 +189,7 @@ def _match_batch(
     bits_ref: int | Array,
     bits_sci: int | Array,
     config: MatchBackgroundsConfig,
-    bin_size: int,
+    bin_size: int | CellCount,
 ) -> MatchResult:
     plan = plan_fit(config, ref.image.shape, bin_size)
     fn = lambda s: match_one(ref, s, hyper, bits_ref, bits_sci, config, plan, bin_size)  # noqa: E731

@@ -20,7 +20,7 @@ from ._basis import AbstractBasis, ChebyshevBasis, SplineBasis
 from ._binning import bin_edges, cell_centres
 from ._config import MatchBackgroundsConfig
 from ._exceptions import UndersampledError
-from ._resample import fit_edges
+from ._resample import CellCount, fit_edges
 from ._spline import MIN_POINTS, knots, max_style
 from ._undersample import chebyshev_orders
 
@@ -76,7 +76,9 @@ def same_edges(a: Edges, b: Edges) -> bool:
     return len(a[0]) == len(b[0]) and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
-def plan_fit(config: MatchBackgroundsConfig, shape: tuple[int, ...], bin_size: int) -> FitPlan:
+def plan_fit(
+    config: MatchBackgroundsConfig, shape: tuple[int, ...], bin_size: int | CellCount
+) -> FitPlan:
     """Check the static (shape-only) conditions and lay out the fit.
 
     Arguments:
@@ -109,7 +111,7 @@ def plan_fit(config: MatchBackgroundsConfig, shape: tuple[int, ...], bin_size: i
 
 
 def _chebyshev_basis(
-    config: MatchBackgroundsConfig, shape: tuple[int, int], bin_size: int
+    config: MatchBackgroundsConfig, shape: tuple[int, int], bin_size: int | CellCount
 ) -> ChebyshevBasis:
     h, w = shape
     order_y, order_x = chebyshev_orders(config)
