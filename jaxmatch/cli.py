@@ -151,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     common(match)
     match.set_defaults(func=_match)
-    from .survey import add_parser as add_survey  # jaxmatch survey: see jaxmatch/survey.py
+    from .survey import add_parser as add_survey  # jaxmatch survey: see jaxmatch/survey/
 
     add_survey(sub)
     return parser
