@@ -192,7 +192,7 @@ def _parser() -> argparse.ArgumentParser:
     from .rubin.demo import add_parser as add_lsst_demo
     from .survey import add_parser as add_survey
 
-    add_survey(sub)  # `jaxmatch survey` (jaxmatch/survey.py)
+    add_survey(sub)  # `jaxmatch survey` (jaxmatch/survey/)
     add_lsst_demo(sub)  # `jaxmatch lsst-demo` (jaxmatch/rubin/demo.py)
     return parser
 

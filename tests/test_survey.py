@@ -29,6 +29,7 @@ from distributed import Client, LocalCluster
 from jaxmatch import Exposure, simulate_patch, survey
 from jaxmatch.cli import main
 from jaxmatch.io import writeExposure
+from jaxmatch.survey._client import _result
 
 FAST = ["--set", "binSize=16", "--set", "interpStyle=NATURAL_SPLINE"]
 PATCHES = ["p0", "p 1", "pätch 2"]  # spaces and accents in folder names
@@ -469,7 +470,7 @@ def test_a_task_that_killed_its_workers_is_a_failed_patch():
             return KilledWorker("jaxmatch-patch-0-p", SimpleNamespace(address="tcp://h:1"), 3)
 
     job = survey.PatchJob("p", "/data/p", "/out/p", ())
-    result = survey._result(Failed(), job)
+    result = _result(Failed(), job)
     assert result.exit_code == -1 and result.name == "p" and result.rows == ()
     assert result.message == (
         "4 workers died while matching this patch (out of memory?); the last one was tcp://h:1"
