@@ -404,8 +404,9 @@ def test_self_tuned_config_from_the_task_config(task_module):
         for i in range(3)
     ]
     config = task_module.MatchBackgroundsPipelineConfig()
-    config.binSize = FAST["binSize"]
-    config.splineRoughness = 1.0
+    for key, value in FAST.items():
+        setattr(config, key, value)
+    config.splineRoughness = 1.0  # the Chebyshev ridge weight on the polynomial path
     config.doTune, config.tuneSteps = True, 3
     task = task_module.MatchBackgroundsPipelineTask(config=config)
     result = task.run(warps, [5, 6, 7])
