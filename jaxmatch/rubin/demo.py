@@ -82,9 +82,7 @@ class PatchTruth(NamedTuple):
 
 def make_demo_repo(repo, *, patches: int, visits: int, size: int, seed: int = 0):
     """Create ``repo`` with simulated warps; returns (butler, visit ids, [PatchTruth])."""
-    from .. import io
-    from .._exposure import Exposure
-    from .._simulate import simulate_patch
+    from .. import Exposure, io, simulate_patch
     from .repo import WarpDataId, create_repo, ingest_warps
 
     butler = create_repo(repo)
