@@ -127,9 +127,7 @@ def main(argv=None) -> int:
             task.run(warps, "warp")
             warm.append(time.perf_counter() - t0)
         results["direct"] = dict(first_call_s=first, warm_call_s=statistics.median(warm))
-        print(
-            f"direct call, one patch: first {first:.2f} s, warm {statistics.median(warm):.3f} s"
-        )
+        print(f"direct call, one patch: first {first:.2f} s, warm {statistics.median(warm):.3f} s")
 
         runs = [("j1", 1, None), (f"j{args.jobs}", args.jobs, None)]
         cache = Path(tmp) / "jax-cache"

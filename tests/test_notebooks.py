@@ -28,6 +28,7 @@ TINY = {
     "gpu_batching.ipynb": "N, SIZE, BIN, REPEATS = 3, 64, 16, 1",
     "tuning.ipynb": "N, SIZE, BIN = 3, 64, 16\nSCAN, STEPS = 3, 2",
     "fits_workflow.ipynb": "N, SIZE, BIN = 3, 64, 16",
+    "rubin.ipynb": "PATCHES, VISITS, SIZE, BIN = 2, 3, 64, 16",  # needs the [lsst] extra
 }
 CELL_TIMEOUT = 300  # [s] per cell; a tiny cell takes a few seconds
 
@@ -82,6 +83,8 @@ def test_notebook_is_committed_executed(name):
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_notebook_runs_on_tiny_inputs(name, tmp_path):
+    if name == "rubin.ipynb":
+        pytest.importorskip("lsst.pipe.base")
     nb = _read(name)
     at = _parameters_cell(nb, name)
     nb.cells.insert(at + 1, nbformat.v4.new_code_cell(TINY[name]))

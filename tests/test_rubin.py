@@ -392,3 +392,30 @@ def test_bps_submit_config(tmp_path, task_module):
     env = bps_environment({"DAF_BUTLER_DIR": "/mine"})
     assert env["DAF_BUTLER_DIR"] == "/mine"
     assert os.path.isfile(os.path.join(env["CTRL_MPEXEC_DIR"], "bin", "pipetask"))
+
+
+def test_self_tuned_config_from_the_task_config(task_module):
+    """doTune: jaxmatch.tune on the patch's own warps picks the roughness used to match."""
+    from jaxmatch import simulate_patch
+
+    sim = simulate_patch(3, (SIZE, SIZE), seed=3)
+    warps = [
+        Exposure(sim.images[i], sim.masks[i], sim.variances[i], mask_planes=sim.mask_planes)
+        for i in range(3)
+    ]
+    config = task_module.MatchBackgroundsPipelineConfig()
+    for key, value in FAST.items():
+        setattr(config, key, value)
+    config.splineRoughness = 1.0  # the Chebyshev ridge weight on the polynomial path
+    config.doTune, config.tuneSteps = True, 3
+    task = task_module.MatchBackgroundsPipelineTask(config=config)
+    result = task.run(warps, [5, 6, 7])
+    tuned = result.config.splineRoughness
+    assert tuned != 1.0 and task.metadata["tunedSplineRoughness"] == tuned
+    assert task.metadata["tuneLossAfter"] <= task.metadata["tuneLossBefore"]
+    direct = MatchBackgroundsTask(result.config).run(warps, "warp").backgroundInfoList
+    for info, model in zip(direct, result.backgroundModels):
+        if not info.isReference:
+            assert np.array_equal(
+                np.asarray(model.coefficients), np.asarray(info.backgroundModel.coefficients)
+            )

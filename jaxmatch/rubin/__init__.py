@@ -15,6 +15,8 @@ Contents (see the README section "Rubin (Gen3) users"):
   config directory (for ``DAF_BUTLER_CONFIG_PATH``) and the pipeline YAML.
 - `create_repo`, `register_dimensions`, `ingest_warps`, `WarpDataId`: repository
   helpers (`jaxmatch.rubin.repo`).
+- `jaxmatch.rubin.demo`: ``jaxmatch lsst-demo``; `jaxmatch.rubin.bps`: a BPS
+  submit file for Parsl's local site (extra ``[bps]``).
 """
 
 from __future__ import annotations

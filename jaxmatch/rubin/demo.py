@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -82,9 +83,7 @@ class PatchTruth(NamedTuple):
 
 def make_demo_repo(repo, *, patches: int, visits: int, size: int, seed: int = 0):
     """Create ``repo`` with simulated warps; returns (butler, visit ids, [PatchTruth])."""
-    from .. import io
-    from .._exposure import Exposure
-    from .._simulate import simulate_patch
+    from .. import Exposure, io, simulate_patch
     from .repo import WarpDataId, create_repo, ingest_warps
 
     butler = create_repo(repo)
@@ -167,7 +166,7 @@ def run_demo(repo, *, patches=2, visits=4, jobs=1, size=128, seed=0, mode="REFER
     cmd = pipetask_command(repo, jobs=jobs, config={"binSize": bin_size, "matchMode": mode})
     print(
         f"jaxmatch lsst-demo: {patches} patches x {visits} visits of {size}x{size} in {repo} "
-        f"({t1 - t0:.1f} s)\n$ {' '.join(cmd)}",
+        f"({t1 - t0:.1f} s)\n$ {shlex.join(cmd)}",
         flush=True,
     )
     env = dict(os.environ)
@@ -182,7 +181,7 @@ def run_demo(repo, *, patches=2, visits=4, jobs=1, size=128, seed=0, mode="REFER
     _print(rows, truths)
     print(
         f"\nThe repository works with plain butler commands, e.g.\n"
-        f"  butler query-datasets {repo} '*' --collections {OUTPUT_COLLECTION}"
+        f"  butler query-datasets {shlex.quote(str(repo))} '*' --collections {OUTPUT_COLLECTION}"
     )
     return rows
 

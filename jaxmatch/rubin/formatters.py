@@ -18,9 +18,7 @@ from typing import Any
 from lsst.daf.butler import FormatterV2
 from lsst.resources import ResourcePath
 
-from .. import io
-from .._exposure import Exposure
-from .._model import BackgroundModel
+from .. import BackgroundModel, Exposure, io
 
 __all__ = ["BackgroundModelFormatter", "ExposureFormatter"]
 

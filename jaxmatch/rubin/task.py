@@ -35,17 +35,14 @@ import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 from lsst.utils.timer import timeMethod
 
-from .._config import (
+from .. import BackgroundModel, Basis, Exposure, MatchBackgroundsConfig, MatchBackgroundsTask, tune
+from .._config import (  # the allowed values, kept in one place
     CHEBYSHEV_TERMS,
     DTYPES,
     GRID_STATISTICS,
     INTERP_STYLES,
     UNDERSAMPLE_STYLES,
-    MatchBackgroundsConfig,
 )
-from .._exposure import Exposure
-from .._model import BackgroundModel
-from .._task import MatchBackgroundsTask
 from ..io import applyModel
 
 __all__ = [
@@ -293,8 +290,6 @@ class MatchBackgroundsPipelineTask(pipeBase.PipelineTask):
         )
 
     def _tuned(self, warps, config: MatchBackgroundsConfig) -> MatchBackgroundsConfig:
-        from .._tuning import tune
-
         result = tune(
             warps, config, steps=self.config.tuneSteps, parameters=list(self.config.tuneParameters)
         )
@@ -314,8 +309,6 @@ class MatchBackgroundsPipelineTask(pipeBase.PipelineTask):
 def _zero_like(models: list[BackgroundModel | None], warp: Exposure) -> BackgroundModel:
     """A zero model of the fitted models' family (order-0 Chebyshev when none fitted)."""
     import jax.numpy as jnp
-
-    from .._model import Basis
 
     fitted = next((m for m in models if m is not None), None)
     if fitted is not None:
