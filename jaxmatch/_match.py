@@ -33,7 +33,8 @@ from ._basis import (
 from ._batch import cast_exposure, in_chunks, pad_batch, sharded, working_dtype
 from ._binning import CellStats, grid_statistics
 from ._compile import filter_jit
-from ._config import MatchBackgroundsConfig, static_config
+from ._config import MatchBackgroundsConfig, MatchBackgroundsTaskConfig, static_config
+from ._custom_types import checks_own_arguments
 from ._diagnostics import centre_pixels, fit_rms, matched_mse
 from ._exposure import Exposure
 from ._fit import (
@@ -196,10 +197,11 @@ def _match_batch(
     return jax.vmap(fn)(sci)
 
 
+@checks_own_arguments
 def match(
     reference: Exposure,
     science: Exposure,
-    config: MatchBackgroundsConfig | None = None,
+    config: MatchBackgroundsConfig | MatchBackgroundsTaskConfig | None = None,
     *,
     roughness: float | Float[Array, ""] | None = None,
     num_sigma_clip: float | Float[Array, ""] | None = None,
