@@ -344,8 +344,7 @@ def _check_layout(cell_size, folds, shape):
         raise ValueError(f"folds must be an int >= 2, got {folds!r}")
     if cell_size < 2 or cell_size * 2 > min(shape):
         raise ValueError(
-            f"cell_size must be >= 2 and at most half the short side {min(shape)}, "
-            f"got {cell_size}"
+            f"cell_size must be >= 2 and at most half the short side {min(shape)}, got {cell_size}"
         )
 
 
@@ -516,3 +515,29 @@ def autotune(
         cell_size=cell_size,
         folds=folds,
     )
+
+
+#: File the command line writes the chosen config to, in the output folder.
+CHOSEN_CONFIG_NAME = "chosen.toml"
+
+
+def tune_for_command_line(exposures, config, budget_s, reference, out) -> MatchBackgroundsConfig:
+    """``jaxmatch match --tune``: run `autotune`, print its summary on stderr, write
+    the chosen config to ``out/chosen.toml`` (reusable with ``--config``), return it."""
+    import sys
+    from pathlib import Path
+
+    from .io import atomic_write
+
+    result = autotune(exposures, config, budget_s=budget_s, reference=reference)
+    print(result.summary(), file=sys.stderr)
+    path = Path(out) / CHOSEN_CONFIG_NAME
+    header = (
+        f"# chosen by jaxmatch match --tune: held-out loss {result.loss:.6g}"
+        + ("" if result.default_loss is None else f" (start {result.default_loss:.6g})")
+        + f", {len(result.candidates)} settings in {result.seconds:.1f} s\n"
+    )
+    text = header + result.config.toToml()
+    atomic_write(path, lambda f: f.write(text.encode()))
+    print(f"jaxmatch: chosen config written to {path}", file=sys.stderr)
+    return result.config

@@ -149,6 +149,15 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="show progress bars (default: when stderr is a terminal)",
     )
+    match.add_argument(
+        "--tune",
+        action="store_true",
+        help="choose binSize, order, roughness and clipping by held-out loss first; "
+        "the chosen config is written to OUT/chosen.toml (reuse it with --config)",
+    )
+    match.add_argument(
+        "--tune-budget", type=float, default=60.0, metavar="SECONDS", help="tuning time (60)"
+    )
     common(match)
     match.set_defaults(func=_match)
     return parser
@@ -358,8 +367,12 @@ def _match(args, config) -> int:
                 f"{first[0]}x{first[1]}; all exposures must share one pixel grid"
             )
 
-    task = MatchBackgroundsTask(config)
     refIndex = None if args.ref is None else resolved.index(args.ref.resolve())
+    if args.tune:
+        from ._autotune import tune_for_command_line
+
+        config = tune_for_command_line(exposures, config, args.tune_budget, refIndex, args.out)
+    task = MatchBackgroundsTask(config)
     with _progress(None, total=1, desc="fitting", show=show, unit="batch") as bar:
         result = task.run(
             exposures, "fits", refExpDataRef=None if refIndex is None else exposures[refIndex]
