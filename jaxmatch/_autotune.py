@@ -54,6 +54,8 @@ ROUGHNESS_GRID = (0.0, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)
 CLIP_GRID = (2.0, 2.5, 3.0, 4.0)
 #: binSize ladder [pixels] (limited by the image and the validation cell size).
 BIN_SIZES = (32, 48, 64, 96, 128, 192, 256)
+#: binSizes tried for Chebyshev (the order sets the flexibility; bins only sample).
+CHEBYSHEV_BIN_SIZES = (64, 128)
 #: Chebyshev orders tried (limited by the bins along the short side).
 ORDERS = (2, 3, 4, 5, 6, 7, 8, 10)
 #: The fixed statistic of the validation cells: hard 3σ clip, 2 iterations.
@@ -367,12 +369,20 @@ def candidate_settings(
 
     short = min(shape)
     if bin_sizes is None:
-        bin_sizes = [b for b in BIN_SIZES if cell_size <= b <= short // 3] or [config.binSize]
+        ladder = CHEBYSHEV_BIN_SIZES if config.usePolynomial else BIN_SIZES
+        bin_sizes = [b for b in ladder if cell_size <= b <= short // 3] or [config.binSize]
+    # Search order: bins nearest 64 pixels first, orders nearest the config's first
+    # (a budget then cuts the least likely settings).
+    bins = sorted(set(int(b) for b in bin_sizes), key=lambda b: (abs(math.log2(b / 64)), b))
+    order_list = sorted(
+        set(int(o) for o in (orders if orders is not None else ORDERS)),
+        key=lambda o: (abs(o - config.order), -o),
+    )
     out = [config]
-    for b in sorted(set(int(b) for b in bin_sizes), reverse=True):
+    for b in bins:
         if config.usePolynomial:
             npoints = math.ceil(short / b)
-            for o in orders if orders is not None else ORDERS:
+            for o in order_list:
                 if o <= npoints - 1:
                     out.append(config.replace(binSize=b, order=int(o), orderY=None))
         else:
@@ -454,9 +464,6 @@ def autotune(
     if config.matchMode == "GLOBAL":
         structure = global_structure(batch, config, ref_index)
 
-    statistics = [("MEANCLIP", clips)]
-    if config.gridStatistic != "MEANCLIP":
-        statistics.append((config.gridStatistic, [config.numSigmaClip]))
     discrete = candidate_settings(
         config,
         shape,
@@ -469,23 +476,26 @@ def autotune(
         raise ValueError("no candidate setting fits this image; give bin_sizes/orders")
 
     candidates: list[tuple[CandidateLoss, MatchBackgroundsConfig]] = []
-    default_loss, complete, last = None, True, 0.0
-    jobs = [(c, s) for c in discrete for s in statistics]
-    # The starting config with its own statistic first: its loss is the baseline.
-    jobs.sort(key=lambda job: job[0] is not config or job[1][0] != config.gridStatistic)
-    for k, (cand, (stat, nsigs)) in enumerate(jobs):
-        elapsed = time.perf_counter() - start
-        if k > 0 and elapsed + last > budget_s:
-            complete = False
-            break
+    state = dict(default_loss=None, complete=True, last=0.0, done=set(), best={})
+
+    def evaluate(cand, stat, nsigs) -> float:
+        """Evaluate one discrete candidate over the λ × clip grid; its best loss
+        (+inf when skipped for the budget, or already done)."""
+        nsigs = [v for v in nsigs if (cand, stat, v) not in state["done"]]
+        if not nsigs:
+            return state["best"].get((cand, stat), math.inf)
+        if candidates and time.perf_counter() - start + state["last"] > budget_s:
+            state["complete"] = False
+            return math.inf
         t0 = time.perf_counter()
         cfg = cand.replace(gridStatistic=stat)
         lam_list = lams if cand is not config else sorted(set(lams) | {config.splineRoughness})
         table = np.asarray(
             _table(batch, cfg, ref_index, lam_list, nsigs, cell_size, folds, seed, structure)
         )
-        last = time.perf_counter() - t0
+        state["last"] = time.perf_counter() - t0
         for a, nsig in enumerate(nsigs):
+            state["done"].add((cand, stat, nsig))
             for b, lam in enumerate(lam_list):
                 chosen = cfg.replace(numSigmaClip=float(nsig), splineRoughness=float(lam))
                 row = CandidateLoss(
@@ -499,7 +509,21 @@ def autotune(
                 )
                 candidates.append((row, chosen))
                 if chosen == config:
-                    default_loss = row.loss
+                    state["default_loss"] = row.loss
+        best = min(float(np.min(table)), state["best"].get((cand, stat), math.inf))
+        state["best"][(cand, stat)] = best
+        return best
+
+    # Stage 0: the starting config as given (the baseline). Stage 1: every discrete
+    # candidate × λ with MEANCLIP at one clip value. Stage 2: the best discrete
+    # candidate with the other clip values.
+    evaluate(config, config.gridStatistic, [config.numSigmaClip])
+    first_clip = 3.0 if 3.0 in clips else clips[len(clips) // 2]
+    stage1 = [(evaluate(c, "MEANCLIP", [first_clip]), k) for k, c in enumerate(discrete)]
+    best_loss, best_k = min(stage1)
+    if math.isfinite(best_loss):
+        evaluate(discrete[best_k], "MEANCLIP", clips)
+    default_loss, complete = state["default_loss"], state["complete"]
     candidates.sort(key=lambda rc: (not math.isfinite(rc[0].loss), rc[0].loss))
     best_row, best_config = candidates[0]
     if not math.isfinite(best_row.loss):

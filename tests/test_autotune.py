@@ -55,7 +55,7 @@ def test_heldout_cell_loss_is_near_one_at_the_truth_and_grows_when_underfitting(
     good = float(jm.heldout_cell_loss(batch, cheb.replace(order=3), reference=0))
     rigid = float(jm.heldout_cell_loss(batch, cheb.replace(order=1), reference=0))
     assert 0.8 < good < 1.4
-    assert rigid > good + 1.0
+    assert rigid > good + 0.25
     # the same order with other bins scores on the same cells: close to the same value
     other_bins = float(jm.heldout_cell_loss(batch, cheb.replace(order=3, binSize=16), reference=0))
     assert abs(other_bins - good) < 0.2
