@@ -76,7 +76,9 @@ def floor_error(patch, batch, config, ref) -> float:
     image = jnp.where(
         jnp.isfinite(batch.image), jnp.asarray(patch.backgrounds, batch.image.dtype), jnp.nan
     )
-    return truth_error(patch, dataclasses.replace(batch, image=image), config, ref)
+    # unweighted: noiseless bins have no scatter, so inverse-variance weights are void
+    floor_config = config.replace(approxWeighting=False)
+    return truth_error(patch, dataclasses.replace(batch, image=image), floor_config, ref)
 
 
 def run(size, n, seed, budget, truth, families):

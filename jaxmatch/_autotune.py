@@ -151,8 +151,12 @@ def _cell_values(diff, ey, ex, min_pixels):
     return jnp.where(ok, value, 0.0), err, ok
 
 
-def _held_pixels(labels, row, col, fold):
-    return jnp.asarray(labels)[jnp.asarray(row)][:, jnp.asarray(col)] == fold
+def _held_pixels(shape, cell_size, folds, seed):
+    """``(folds, H, W)`` bool: the pixels each fold hides (an argument of the compiled
+    tables, not a constant: XLA would spend seconds folding a 1024² constant)."""
+    _, _, labels, row, col = _layout(shape, cell_size, folds, seed)
+    pixel_labels = labels[row][:, col]
+    return jnp.asarray(pixel_labels[None] == np.arange(int(labels.max()) + 1)[:, None, None])
 
 
 def _score(val, err, ok, held, pred):
@@ -168,7 +172,7 @@ def _score(val, err, ok, held, pred):
 @filter_jit
 def _reference_table(ref, sci, config, lams, nsigs, layout):
     """Σχ² and counts ``(S, R)`` of one discrete candidate, REFERENCE mode."""
-    cell_size, folds, seed, bits_ref, bits_sci = layout
+    cell_size, folds, seed, bits_ref, bits_sci, held_all = layout
     shape = ref.image.shape
     ey, ex, labels, row, col = _layout(shape, cell_size, folds, seed)
     cy = jnp.asarray(cell_centres(*ey), sci.image.dtype)
@@ -184,7 +188,7 @@ def _reference_table(ref, sci, config, lams, nsigs, layout):
     total = jnp.zeros((len(nsigs), len(lams)), sci.image.dtype)
     count = jnp.zeros((len(nsigs), len(lams)), sci.image.dtype)
     for fold in range(int(labels.max()) + 1):
-        held = _held_pixels(labels, row, col, fold)
+        held = held_all[fold]
         held_cells = jnp.asarray(labels == fold)
         sci_f = dataclasses.replace(sci, image=jnp.where(held[None], jnp.nan, sci.image))
 
@@ -207,7 +211,7 @@ def _reference_table(ref, sci, config, lams, nsigs, layout):
 def _global_table(batch, config, structure, lams, nsigs, layout):
     """Σχ² and counts ``(S, R)`` of one discrete candidate, GLOBAL mode: every
     overlapping pair's held-out cells, predicted by the joint solve."""
-    cell_size, folds, seed, bits, _ = layout
+    cell_size, folds, seed, bits, _, held_all = layout
     pairs = np.asarray(structure[0], dtype=np.int64).reshape(-1, 2)
     groups, gauge = np.asarray(structure[1]), np.asarray(structure[2])
     shape = batch.image.shape[1:]
@@ -226,7 +230,7 @@ def _global_table(batch, config, structure, lams, nsigs, layout):
     total = jnp.zeros((len(nsigs), len(lams)), batch.image.dtype)
     count = jnp.zeros((len(nsigs), len(lams)), batch.image.dtype)
     for fold in range(int(labels.max()) + 1):
-        held = _held_pixels(labels, row, col, fold)
+        held = held_all[fold]
         held_cells = jnp.asarray(labels == fold)
         batch_f = dataclasses.replace(batch, image=jnp.where(held[None], jnp.nan, batch.image))
 
@@ -292,7 +296,8 @@ def _table(batch, config, ref_index, lams, nsigs, cell_size, folds, seed, struct
         if structure is None:
             structure = global_structure(batch, config, ref_index)
         bits = batch.bitmask(config.badMaskPlanes)
-        layout = (cell_size, folds, seed, bits, None)
+        held_all = _held_pixels(batch.image.shape[1:], cell_size, folds, seed)
+        layout = (cell_size, folds, seed, bits, None, held_all)
         pairs, groups, gauge = (np.asarray(a) for a in structure)
         static = (
             tuple(map(tuple, pairs.reshape(-1, 2).tolist())),
@@ -304,8 +309,9 @@ def _table(batch, config, ref_index, lams, nsigs, cell_size, folds, seed, struct
         n = batch.image.shape[0]
         others = np.array([i for i in range(n) if i != ref_index])
         ref, sci = batch[ref_index], jax.tree.map(lambda a: a[others], batch)
-        layout = (cell_size, folds, seed, ref.bitmask(config.badMaskPlanes), None)
-        layout = layout[:4] + (sci.bitmask(config.badMaskPlanes),)
+        held_all = _held_pixels(ref.image.shape, cell_size, folds, seed)
+        bits_ref, bits_sci = ref.bitmask(config.badMaskPlanes), sci.bitmask(config.badMaskPlanes)
+        layout = (cell_size, folds, seed, bits_ref, bits_sci, held_all)
         total, count = _reference_table(ref, sci, config, lams_a, nsigs_a, layout)
     return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.inf)
 
@@ -394,7 +400,7 @@ def candidate_settings(
         if key in seen:
             continue
         try:
-            plan_fit(c.replace(undersampleStyle="THROW_EXCEPTION"), shape, c.binSize)
+            plan_fit(c, shape, c.binSize)
         except ValueError:
             continue
         seen.add(key)

@@ -38,7 +38,7 @@ def _truth_error(batch, backgrounds, config):
 
 
 def _polynomial(i, y, x):  # total order 3: order 2 cannot represent it
-    a = 1.5 * i
+    a = 6.0 * i
     return a * (x**3 - 0.8 * y**3 + 1.2 * x * y * y - 0.5 * x + 0.3 * y)
 
 
@@ -62,17 +62,18 @@ def test_heldout_cell_loss_is_near_one_at_the_truth_and_grows_when_underfitting(
 
 
 def test_autotune_chooses_the_known_order_and_records_every_candidate():
-    """Backgrounds of total order 3: the tuning must not stop below order 3, and its
-    choice is within 10% (+ a noise margin) of the brute-force best by the truth."""
-    batch, truth = _scene(_polynomial, seed=2)
-    start = jm.MatchBackgroundsConfig(usePolynomial=True, order=2, binSize=32)
+    """Backgrounds of total order 3 (8 x 8 bins): the tuning must not stop below
+    order 3, and its choice is within 10% (+ a noise margin) of the brute-force best
+    by the truth."""
+    batch, truth = _scene(_polynomial, n=2, size=96, seed=2)
+    start = jm.MatchBackgroundsConfig(usePolynomial=True, order=2, binSize=12)
     result = jm.autotune(
         batch,
         start,
         reference=0,
-        bin_sizes=(32,),
+        bin_sizes=(12,),
         orders=(1, 2, 3, 5),
-        roughness=(0.0, 10.0),
+        roughness=(0.0,),
         num_sigma_clip=(3.0,),
         budget_s=600,
     )
@@ -82,6 +83,7 @@ def test_autotune_chooses_the_known_order_and_records_every_candidate():
     assert losses == sorted(losses) and result.loss == losses[0]
     assert result.default_loss is not None and result.default_loss > result.loss
     assert {c.order for c in result.candidates} == {1, 2, 3, 5}
+    assert len(result.candidates) == 5  # start (MEAN) + 4 orders with MEANCLIP
     errors = {
         (c.order, c.splineRoughness, c.gridStatistic): _truth_error(
             batch,
@@ -98,20 +100,20 @@ def test_autotune_chooses_the_known_order_and_records_every_candidate():
 
 
 def test_autotune_spline_picks_bins_that_resolve_the_structure():
-    """Waves of half the side: 64-pixel bins (2 per side) cannot follow them; the
+    """Waves of half the side: 48-pixel bins (2 per side) cannot follow them; the
     choice must be finer, and as good as the brute-force best within 10%."""
-    batch, truth = _scene(_waves, seed=3)
-    start = jm.MatchBackgroundsConfig(binSize=64, interpStyle="NATURAL_SPLINE")
+    batch, truth = _scene(_waves, n=2, size=96, seed=3)
+    start = jm.MatchBackgroundsConfig(binSize=48, interpStyle="NATURAL_SPLINE")
     result = jm.autotune(
         batch,
         start,
         reference=0,
-        bin_sizes=(16, 32, 64),
-        roughness=(0.0, 1.0, 100.0),
+        bin_sizes=(12, 24, 48),
+        roughness=(0.0, 10.0),
         num_sigma_clip=(3.0,),
         budget_s=600,
     )
-    assert result.config.binSize < 64
+    assert result.config.binSize < 48
     errors = [
         _truth_error(
             batch,
@@ -155,9 +157,9 @@ def test_heldout_cell_loss_float32_matches_float64():
     """float32 data give the float64 loss to 1e-3 relative: L ≈ 1 is a mean of χ²
     over ~100 cells, each a difference of ~100-pixel means whose float32 rounding
     (~1e-7 × 100 ADU = 1e-5 ADU) is far below the cell noise (4 ADU / 16 = 0.25)."""
-    b64, _ = _scene(_waves, seed=5)
-    b32, _ = _scene(_waves, seed=5, dtype=np.float32)
-    config = jm.MatchBackgroundsConfig(binSize=32, gridStatistic="MEANCLIP")
+    b64, _ = _scene(_waves, n=2, size=64, seed=5)
+    b32, _ = _scene(_waves, n=2, size=64, seed=5, dtype=np.float32)
+    config = jm.MatchBackgroundsConfig(binSize=16, gridStatistic="MEANCLIP")
     l64 = np.asarray(jm.heldout_cell_loss(b64, config, reference=0, roughness=[0.0, 10.0]))
     l32 = np.asarray(
         jm.heldout_cell_loss(
@@ -171,32 +173,34 @@ def test_heldout_cell_loss_float32_matches_float64():
 def test_global_mode_autotune_and_task_tune():
     """GLOBAL mode: the same one call scores the joint solve on every pair's cells;
     task.tune returns a new task with the chosen config."""
-    batch, truth = _scene(_waves, seed=6)
-    start = jm.MatchBackgroundsConfig(binSize=64, interpStyle="NATURAL_SPLINE", matchMode="GLOBAL")
+    batch, _ = _scene(_waves, size=96, seed=6)
+    start = jm.MatchBackgroundsConfig(binSize=48, interpStyle="NATURAL_SPLINE", matchMode="GLOBAL")
     result = jm.autotune(
         batch,
         start,
         reference=0,
-        bin_sizes=(32, 64),
-        roughness=(0.0, 10.0),
+        bin_sizes=(24, 48),
+        roughness=(0.0,),
         num_sigma_clip=(3.0,),
         budget_s=600,
     )
-    assert result.config.matchMode == "GLOBAL" and result.config.binSize == 32
+    assert result.config.matchMode == "GLOBAL" and result.config.binSize == 24
     assert np.isfinite(result.loss) and result.loss < result.default_loss
     task = jm.MatchBackgroundsTask(start.replace(matchMode="REFERENCE"))
-    tuned = task.tune(batch, reference=0, bin_sizes=(32,), roughness=(0.0,), num_sigma_clip=(3.0,))
+    tuned = task.tune(
+        batch, reference=0, bin_sizes=(24,), roughness=(0.0,), num_sigma_clip=(3.0,), budget_s=600
+    )
     assert isinstance(tuned.task, jm.MatchBackgroundsTask)
     assert tuned.task.config == tuned.config == tuned.tuning.config
-    assert tuned.config.binSize == 32
+    assert tuned.config.binSize == 24
 
 
 def test_candidate_settings_respect_the_grid():
     config = jm.MatchBackgroundsConfig(usePolynomial=True, order=6, binSize=64)
-    cands = candidate_settings(config, (256, 256), cell_size=8, bin_sizes=(64, 128), orders=(2, 6))
+    cands = candidate_settings(config, (512, 512), cell_size=8, bin_sizes=(64, 128), orders=(2, 6))
     assert cands[0] == config
-    # 128-pixel bins: 2 per side, so only orders <= 1 fit: none of (2, 6)
-    assert {(c.binSize, c.order) for c in cands} == {(64, 6), (64, 2)}
+    # 128-pixel bins: 4 per side, so only orders <= 3 fit
+    assert {(c.binSize, c.order) for c in cands} == {(64, 6), (64, 2), (128, 2)}
     assert default_cell_size((1024, 1024)) == 32 and default_cell_size((100, 300)) == 8
 
 
