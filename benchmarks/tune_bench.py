@@ -32,9 +32,10 @@ import jaxmatch as jm
 from jaxmatch._autotune import choose_reference
 
 
-def deep_scene(n, size, seed):
+def deep_scene(n, size, seed, amplitude=80.0):
     """A full-overlap deep-field patch: 400 galaxies per 256², twice the usual size,
-    fluxes down to 1/20 of the detection limit (their light is never masked)."""
+    fluxes down to 1/20 of the detection limit (their light is never masked), and
+    backgrounds with ``amplitude`` ADU of structure (~4 σ: a real sky's gradients)."""
     area = size * size / 256**2
     patch = jm.simulate_patch(
         n,
@@ -44,6 +45,7 @@ def deep_scene(n, size, seed):
         n_galaxies=round(400 * area),
         galaxy_size=2.0,
         galaxy_faint_limit=0.05,
+        background_amplitude=amplitude,
     )
     exposures = [
         jm.Exposure(
