@@ -42,8 +42,8 @@ def _polynomial(i, y, x):  # total order 3: order 2 cannot represent it
     return a * (x**3 - 0.8 * y**3 + 1.2 * x * y * y - 0.5 * x + 0.3 * y)
 
 
-def _waves(i, y, x):  # structure at ~0.5 of the side: 64 px bins are too coarse on 128
-    return 2.0 * np.sin(2 * np.pi * (x * 2.0 + 0.3 * i)) * np.cos(2 * np.pi * (y * 1.5 + 0.2 * i))
+def _waves(i, y, x):  # one period across the side: half-side bins are too coarse
+    return 2.0 * np.sin(2 * np.pi * (x + 0.3 * i)) * np.cos(2 * np.pi * (0.75 * y + 0.2 * i))
 
 
 def test_heldout_cell_loss_is_near_one_at_the_truth_and_grows_when_underfitting():
