@@ -213,7 +213,7 @@ def test_cli_match_tune_writes_a_reusable_config(tmp_path, capsys):
     batch, _ = _scene(_waves, n=2, size=64, seed=7, dtype=np.float32)
     files = []
     for i in range(2):
-        path = tmp_path / f"exposure é {i}.fits"
+        path = tmp_path / f"exposure {i}.fits"
         fits.PrimaryHDU(np.asarray(batch.image[i])).writeto(path)
         files.append(str(path))
     out = tmp_path / "out"
