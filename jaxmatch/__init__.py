@@ -2,6 +2,12 @@
 
 # _xla_flags first: it sets XLA_FLAGS before JAX starts its backend.
 from . import _xla_flags as _xla_flags, io as io
+from ._autotune import (
+    AutotuneResult as AutotuneResult,
+    CandidateLoss as CandidateLoss,
+    autotune as autotune,
+    heldout_cell_loss as heldout_cell_loss,
+)
 from ._config import (
     MatchBackgroundsConfig as MatchBackgroundsConfig,
     MatchBackgroundsTaskConfig as MatchBackgroundsTaskConfig,

@@ -142,7 +142,7 @@ def _sersic_b(n):
     return 2.0 * n - 1.0 / 3.0 + 4.0 / (405.0 * n) + 46.0 / (25515.0 * n * n)
 
 
-def _render_galaxy(canvas, y0, x0, flux, r_e, n, q, theta) -> None:
+def _render_galaxy(canvas, y0, x0, flux, r_e, n, q, theta, max_radius=96) -> None:
     """Add one elliptical Sérsic profile (before PSF) to `canvas` in place.
 
     `I(r) ∝ exp(-b_n (r / r_e)^(1/n))`, `r² = u² + (v / q)²` in axes rotated by
@@ -151,7 +151,7 @@ def _render_galaxy(canvas, y0, x0, flux, r_e, n, q, theta) -> None:
     normalised so the stamp sums to `flux`.
     """
     b = _sersic_b(n)
-    radius = int(min(math.ceil(r_e * (math.log(1e5) / b) ** n) + 1, 96))
+    radius = int(min(math.ceil(r_e * (math.log(1e5) / b) ** n) + 1, max_radius))
     os = int(min(max(math.ceil(6.0 / r_e), 1), 5))
     iy, ix = round(y0), round(x0)
     t = (np.arange(-radius * os, (radius + 1) * os) + 0.5) / os - 0.5  # sub-pixel grid
@@ -172,7 +172,9 @@ def _render_galaxy(canvas, y0, x0, flux, r_e, n, q, theta) -> None:
         canvas[y1:y2, x1:x2] += stamp[y1 - ya : y2 - ya, x1 - xa : x2 - xa]
 
 
-def _make_scene(rng, shape, n_stars, n_galaxies, sigma_psf, sky_sigma, f_sat):
+def _make_scene(
+    rng, shape, n_stars, n_galaxies, sigma_psf, sky_sigma, f_sat, galaxy_size=1.0, faint=1.0
+):
     """The noiseless PSF-convolved scene `(H, W)` [ADU] (see `simulate_patch`)."""
     h, w = shape
     r_star = int(math.ceil(4.0 * _FWHM_PER_SIGMA * sigma_psf))  # PSF stamp radius
@@ -182,17 +184,21 @@ def _make_scene(rng, shape, n_stars, n_galaxies, sigma_psf, sky_sigma, f_sat):
     f_lim = 5.0 * sky_sigma * math.sqrt(4.0 * math.pi) * sigma_psf  # 5σ point source
 
     # Galaxies: drawn before the PSF, then convolved with it by FFT.
+    max_radius = round(96 * max(galaxy_size, 1.0))
     canvas = np.zeros((hc, wc))
     gy, gx = _positions(rng, n_galaxies, image_box, (0, hc, 0, wc))
     ng = len(gy)
-    g_flux = _power_law(rng, ng, f_lim, 300.0 * f_lim, 1.0)
+    g_flux = _power_law(rng, ng, faint * f_lim, 300.0 * f_lim, 1.0)
     r_e = np.clip(1.2 * (g_flux / f_lim) ** 0.3 * rng.lognormal(0.0, 0.3, ng), 0.5, 25.0)
+    r_e = r_e * galaxy_size
     disk = rng.uniform(size=ng) < 0.7
     sersic_n = np.where(disk, rng.uniform(0.6, 1.5, ng), rng.uniform(2.0, 3.5, ng))
     q = rng.uniform(0.3, 1.0, ng)
     theta = rng.uniform(0.0, math.pi, ng)
     for i in range(ng):
-        _render_galaxy(canvas, gy[i], gx[i], g_flux[i], r_e[i], sersic_n[i], q[i], theta[i])
+        _render_galaxy(
+            canvas, gy[i], gx[i], g_flux[i], r_e[i], sersic_n[i], q[i], theta[i], max_radius
+        )
     if ng:
         ky = np.fft.fftfreq(hc)[:, None]
         kx = np.fft.rfftfreq(wc)[None, :]
@@ -381,6 +387,8 @@ def simulate_patch(
     bad_columns: bool = True,
     saturation: float | None = 6.0e4,
     psf_fwhm: float = 3.0,
+    galaxy_size: float = 1.0,
+    galaxy_faint_limit: float = 1.0,
 ) -> SimulatedPatch:
     """Simulate `n_exposures` warped exposures of one patch of sky.
 
@@ -406,6 +414,12 @@ def simulate_patch(
       F_lim]`, half-light radius `r_e ≈ 1.2 (F/F_lim)^0.3` [pixels] with 0.3
       log-normal scatter. They are convolved with the PSF by FFT on a canvas
       padded by more than the PSF radius on every side (no wrap-around).
+      *Deep fields*: `galaxy_size` multiplies every half-light radius (stamps
+      reach `96 · max(galaxy_size, 1)` pixels) and `galaxy_faint_limit` moves
+      the faint end of the flux law to `galaxy_faint_limit · F_lim` (below 1:
+      many galaxies fainter than the detection limit, whose light is never
+      masked); with a larger `n_galaxies` this gives the extended, crowded
+      outskirts of deep coadds. The defaults (1, 1) give the standard scenes.
     - *PSF*: circular Gaussian of FWHM `psf_fwhm` [pixels], the same in every
       exposure (so that `scene` is one array).
     - Sources are also placed in a margin around the image at the same
@@ -458,6 +472,8 @@ def simulate_patch(
         cosmic_rays, bad_columns: add those defects.
         saturation: clipping level [ADU], or None for no saturation.
         psf_fwhm: PSF full width at half maximum [pixels], ≥ 1.
+        galaxy_size: multiplier of the galaxies' half-light radii, > 0.
+        galaxy_faint_limit: faintest galaxy flux in units of `F_lim`, in (0, 300).
 
     Returns:
         A `SimulatedPatch` (float64 arrays, int32 masks).
@@ -484,6 +500,11 @@ def simulate_patch(
     if not (math.isfinite(psf_fwhm) and psf_fwhm >= 1.0):
         raise ValueError(f"psf_fwhm must be ≥ 1 pixel (no undersampled PSFs), got {psf_fwhm!r}")
 
+    _check_positive("galaxy_size", galaxy_size)
+    _check_positive("galaxy_faint_limit", galaxy_faint_limit)
+    if galaxy_faint_limit >= 300.0:
+        raise ValueError(f"galaxy_faint_limit must be < 300, got {galaxy_faint_limit!r}")
+
     h, w = shape
     area = h * w / _AREA_UNIT
     n_stars = round(_STARS_PER_UNIT * area) if n_stars is None else int(n_stars)
@@ -496,7 +517,17 @@ def simulate_patch(
     f_sat = 2.0 * math.pi * sigma_psf**2 * max(sat_ref - sky_level, 10.0 * sky_sigma)
 
     scene_rng, *exposure_rngs = np.random.default_rng(seed).spawn(1 + n_exposures)
-    scene = _make_scene(scene_rng, shape, n_stars, n_galaxies, sigma_psf, sky_sigma, f_sat)
+    scene = _make_scene(
+        scene_rng,
+        shape,
+        n_stars,
+        n_galaxies,
+        sigma_psf,
+        sky_sigma,
+        f_sat,
+        galaxy_size,
+        galaxy_faint_limit,
+    )
 
     images = np.empty((n_exposures, h, w))
     variances = np.empty((n_exposures, h, w))

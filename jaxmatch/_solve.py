@@ -53,7 +53,12 @@ def solve_least_squares(
     )
     # R of [A | b] holds R of A and Qᵀb (its last column): Q is never formed, which
     # halves the cost of the factorisation.
-    r_aug = jnp.linalg.qr(jnp.concatenate([a, b[:, None]], axis=1), mode="r")
+    # The extra row [0 … 0 | 1] changes only R_aug[k, k] = √(‖residual‖² + 1): never 0,
+    # so the QR's derivative (which divides by R's diagonal) stays finite for an
+    # exact fit (constant or identical exposures) or an all-masked grid.
+    aug = jnp.concatenate([a, b[:, None]], axis=1)
+    aug = jnp.concatenate([aug, jnp.zeros((1, k + 1), design.dtype).at[0, k].set(1)])
+    r_aug = jnp.linalg.qr(aug, mode="r")
     r, qtb = r_aug[:k, :k], r_aug[:k, k]
     if not with_covariance:
         return jsl.solve_triangular(r, qtb, lower=False) * act

@@ -325,6 +325,16 @@ class MatchBackgroundsTask(Task):
             diffImVar=float(result.diffImVar[0]),
         )
 
+    def tune(self, exposures, **kwargs) -> Struct:
+        """Choose binSize, order, λ and the clip threshold by held-out loss
+        (`jaxmatch.autotune`, keywords passed on, e.g. ``budget_s``). Returns
+        ``Struct(task, config, tuning)``: a new task with the chosen config, the
+        config, and the `AutotuneResult` (loss of every candidate, time)."""
+        from ._autotune import autotune
+
+        tuning = autotune(exposures, self.config, **kwargs)
+        return Struct(task=type(self)(tuning.config), config=tuning.config, tuning=tuning)
+
     # -- differentiable reference selection ------------------------------------------
     def referenceCostsGen3(self, chi2, variance, coverage) -> Float[Array, " N"]:
         """LSST Gen3's reference cost with this task's ``refWeightsGen3``."""

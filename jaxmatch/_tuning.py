@@ -123,6 +123,20 @@ class TuningParameters(eqx.Module):
         )
 
 
+def as_config(config) -> MatchBackgroundsConfig:
+    """A `MatchBackgroundsConfig` from None (LSST defaults), a config, or anything
+    holding one in ``.config`` (a `MatchBackgroundsTask`)."""
+    if config is None:
+        return MatchBackgroundsConfig()
+    if not isinstance(config, MatchBackgroundsConfig):
+        config = getattr(config, "config", config)
+    if not isinstance(config, MatchBackgroundsConfig):
+        raise TypeError(
+            f"config must be a MatchBackgroundsConfig or a task, got {type(config).__name__}"
+        )
+    return config
+
+
 def _batch(exposures) -> Exposure:
     if isinstance(exposures, Exposure):
         if len(exposures.batch_shape) != 1:
@@ -147,9 +161,12 @@ def _reference_and_science(params, batch: Exposure, config, reference):
         var, level, cov, weight_coverage=w_cov, weight_variance=w_var, weight_level=w_level
     )
     w = softmin_weights(costs, params.temperature)
+    # An exposure left out of the reference (no usable pixel: weight 0) must not
+    # mask it either, or one empty exposure would empty the reference.
+    in_ref = (w > 0)[:, None, None]
     ref = Exposure(
         soft_reference(batch.image, w),
-        jnp.bitwise_or.reduce(batch.mask, axis=0),
+        jnp.bitwise_or.reduce(jnp.where(in_ref, batch.mask, 0), axis=0),
         soft_reference(batch.variance, w**2),
         mask_planes=batch.getMaskPlaneDict(),
     )
@@ -299,10 +316,13 @@ def insample_losses(
 
 @dataclasses.dataclass
 class TuningResult:
-    """What `tune` returns: the tuned config and task, parameters and history."""
+    """What `tune` returns: the tuned config, parameters and history.
+
+    (A task is built from it by the caller: ``MatchBackgroundsTask(result.config)``;
+    tuning does not depend on the task layer.)
+    """
 
     config: MatchBackgroundsConfig
-    task: object
     parameters: TuningParameters
     history: np.ndarray
     traces: int
@@ -338,11 +358,7 @@ def tune(
     final loss (``steps + 1`` values); ``traces`` counts compilations of the step
     (1: the jitted step never recompiles).
     """
-    from ._task import MatchBackgroundsTask
-
-    if isinstance(config, MatchBackgroundsTask):
-        config = config.staticConfig
-    config = MatchBackgroundsConfig() if config is None else config
+    config = as_config(config)
     unknown = set(parameters) - set(PARAMETERS)
     if unknown:
         raise ValueError(f"unknown tuning parameter(s) {sorted(unknown)}; choose from {PARAMETERS}")
@@ -397,7 +413,6 @@ def tune(
     new_config = params.to_config(config)
     return TuningResult(
         config=new_config,
-        task=MatchBackgroundsTask(new_config),
         parameters=params,
         history=np.asarray(history),
         traces=traces[0],
@@ -420,7 +435,7 @@ def grid_search(
     refuses (e.g. an order too high for the grid) are skipped. Returns the best
     `TuningResult` and a table (one dict per combination).
     """
-    config = MatchBackgroundsConfig() if config is None else config
+    config = as_config(config)
     bin_sizes = list(bin_sizes) or [config.binSize]
     orders = list(orders) or [config.order]
     best, table = None, []

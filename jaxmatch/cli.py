@@ -187,6 +187,15 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="show progress bars (default: when stderr is a terminal)",
     )
+    match.add_argument(
+        "--tune",
+        action="store_true",
+        help="choose binSize, order, roughness and clipping by held-out loss first; "
+        "the chosen config is written to OUT/chosen.toml (reuse it with --config)",
+    )
+    match.add_argument(
+        "--tune-budget", type=float, default=60.0, metavar="SECONDS", help="tuning time (60)"
+    )
     common(match)
     match.set_defaults(func=_match)
     from .rubin.demo import add_parser as add_lsst_demo
@@ -380,6 +389,8 @@ def _match(args, config) -> int:
     except ValueError as err:
         raise UsageError(f"--gain / --read-noise: {err}") from None
     show = sys.stderr.isatty() if args.progress is None else args.progress
+    if args.tune:
+        config = _tuned_config(args, config)
     try:
         report = match_files(
             args.files,
@@ -406,6 +417,22 @@ def _match(args, config) -> int:
     failed = f", {report.failed} failed" if report.failed else ""
     _say(f"{report.written} file(s) written to {args.out}{note}{failed}")
     return report.exit_status
+
+
+def _tuned_config(args, config):
+    """``--tune``: choose the config on the inputs first (`jaxmatch.autotune`); it is
+    written to ``OUT/chosen.toml``."""
+    from ._autotune import tune_for_command_line
+    from .io import readExposure
+
+    files = [Path(f) for f in args.files]
+    exposures = [readExposure(f, gain=args.gain, read_noise=args.read_noise) for f in files]
+    resolved = [f.resolve() for f in files]
+    reference = None
+    if args.ref is not None and Path(args.ref).resolve() in resolved:
+        reference = resolved.index(Path(args.ref).resolve())
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    return tune_for_command_line(exposures, config, args.tune_budget, reference, args.out)
 
 
 def _say(message: str) -> None:
