@@ -29,6 +29,7 @@ from ._chebyshev import term_mask
 from ._compile import filter_jit
 from ._config import MatchBackgroundsConfig
 from ._diagnostics import centre_pixels, fit_rms, matched_mse
+from ._evaluate import model_image_output
 from ._exposure import Exposure
 from ._model import BackgroundModel, Basis
 from ._solve import solve_least_squares
@@ -101,6 +102,7 @@ class MatchResult(eqx.Module):
     effective_order: Int[Array, "N 2"]
     min_sampled: Int[Array, " N"]
     bin_size: Int[Array, " N"]
+    model_image: Float[Array, "N H W"] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -407,7 +409,7 @@ def solve_prepared(fit: dict, sqrt_w=None, *, with_covariance: bool = False):
     return out + offset * fit["constant"]
 
 
-def _match_one(ref, sci, hyper, bits_ref, bits_sci, config, plan):
+def _match_one(ref, sci, hyper, bits_ref, bits_sci, config, plan, with_image=False):
     """Match one science exposure (single ``Exposure``) to the reference."""
     dtype = sci.image.dtype
     fit = prepare_fit(ref, sci, hyper, bits_ref, bits_sci, config, plan, with_diff_im_var=True)
@@ -462,6 +464,7 @@ def _match_one(ref, sci, hyper, bits_ref, bits_sci, config, plan):
         grid_weights=sqrt_w * sqrt_w,
         effective_order=orders,
         min_sampled=m_min.astype(jnp.int32),
+        **model_image_output(model, with_image),
     )
 
 
@@ -470,9 +473,9 @@ def _same_edges(a, b) -> bool:
 
 
 @filter_jit
-def _match_batch(ref, sci, hyper, bits_ref, bits_sci, config, bin_size):
+def _match_batch(ref, sci, hyper, bits_ref, bits_sci, config, bin_size, with_image=False):
     plan = plan_fit(config, ref.image.shape, bin_size)
-    fn = lambda s: _match_one(ref, s, hyper, bits_ref, bits_sci, config, plan)  # noqa: E731
+    fn = lambda s: _match_one(ref, s, hyper, bits_ref, bits_sci, config, plan, with_image)  # noqa: E731
     return jax.vmap(fn)(sci), plan.basis
 
 

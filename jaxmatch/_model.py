@@ -19,6 +19,7 @@ from jaxtyping import Array, Float
 
 from ._akima import akima_grid
 from ._chebyshev import chebyshev_matrix, to_unit_interval
+from ._evaluate import grid_image
 from ._separable import constant_if_known, outer_sum
 from ._spline import DEGREE, cardinal_basis
 
@@ -82,6 +83,8 @@ class BackgroundModel(eqx.Module):
 
     def evaluate(self, y=None, x=None) -> Float[Array, "*batch ny nx"]:
         """The model at pixel rows ``y`` × columns ``x`` (default: every pixel)."""
+        if y is None and x is None:  # the full grid: one cached compiled program
+            return grid_image(self.coefficients, self.basis)
         h, w = self.basis.shape
         dtype = self.coefficients.dtype
         y = jnp.arange(h, dtype=dtype) if y is None else jnp.asarray(y, dtype=dtype)
