@@ -181,9 +181,11 @@ def _clipped_moments(streams, axes, num_sigma_clip, num_iter):
         return jnp.sum(a) if pooled else a
 
     def one_pass(first, group, stats):
-        """New ``(value, s, m, n)`` of the streams ``group`` after one pass."""
+        """New ``(value, s, m, n)`` of the streams ``group`` after one pass (``first``:
+        one flag for all, or one per stream)."""
+        firsts = first if isinstance(first, list) else [first] * len(group)
         weights, devs = [], []
-        for k, (value, s, _, _) in zip(group, stats):
+        for k, first, (value, s, _, _) in zip(group, firsts, stats):
             deviation, _, pooled, sharpness = streams[k]
             ok_s = s > 0
             centre = keep_dims(jnp.where(ok_s, value, 0.0), pooled)
@@ -202,7 +204,7 @@ def _clipped_moments(streams, axes, num_sigma_clip, num_iter):
             devs.append(d)
         sums = _power_sums(tuple(weights), tuple(devs), axes)
         out = []
-        for j, (k, (value, s, m, n)) in enumerate(zip(group, stats)):
+        for j, (k, first, (value, s, m, n)) in enumerate(zip(group, firsts, stats)):
             pooled = streams[k][2]
             mt, s1, s2 = (fold(a, pooled) for a in sums[3 * j : 3 * j + 3])
             new_value, new_s = _mean_std(jnp.where(s > 0, value, 0.0), mt, s1, s2)
@@ -230,13 +232,18 @@ def _clipped_moments(streams, axes, num_sigma_clip, num_iter):
     stats = [None] * len(streams)
     clipped = [k for k, stream in enumerate(streams) if stream[1] and num_iter > 0]
     plain = [k for k in range(len(streams)) if k not in clipped]
-    if plain:
+    if plain and not clipped:
         for k, st in zip(plain, one_pass(True, plain, [start(k) for k in plain])):
             stats[k] = st
     if clipped:
-        body = lambda i, st: one_pass(i == 0, clipped, st)  # noqa: E731
-        final = lax.fori_loop(0, num_iter + 1, body, [start(k) for k in clipped])
-        for k, st in zip(clipped, final):
+        # Unclipped streams ride along in the clip loop's passes (no pass of their
+        # own): every iteration recomputes their iteration-0 statistics from the
+        # same start, so the result is that of one pass.
+        fixed = [start(k) for k in plain]
+        flags = lambda i: [i == 0] * len(clipped) + [True] * len(plain)  # noqa: E731
+        body = lambda i, st: one_pass(flags(i), clipped + plain, st[: len(clipped)] + fixed)  # noqa: E731
+        final = lax.fori_loop(0, num_iter + 1, body, [start(k) for k in clipped] + fixed)
+        for k, st in zip(clipped + plain, final):
             stats[k] = st
     return stats
 
@@ -298,7 +305,7 @@ def _statistics_with_pooled(
     if statistic == "MEDIAN":
         _, s, m, n = out[0]
         usable = ~jnp.isnan(coded)
-        out[0] = (_median(jnp.where(usable, coded, 0), usable, axes), s, m, n)
+        out[0] = (_median(jnp.where(usable, coded, 0), usable, axes, count=n), s, m, n)
     return out
 
 
@@ -340,7 +347,7 @@ def _float_of_unsigned_key(key: Array, dtype) -> Array:
 MEDIAN_DIGIT_BITS = 4  # key bits found per pass: 2**4 - 1 counts in one reduction
 
 
-def _median(x, usable, axes):
+def _median(x, usable, axes, count=None):
     """Median over ``axes`` of the usable entries (mean of the middle two for even n).
 
     Exact, without sorting: the lower middle value is the smallest key ``v`` (of
@@ -354,13 +361,19 @@ def _median(x, usable, axes):
     which no usable value has, so the passes read one integer array only.
 
     Derivative: 1 on the middle entry (shared among exact ties; 0 for ±inf).
+    ``count``: the number of usable entries if known already (floats, exact below
+    2**24 entries in float32: then it saves a pass).
     """
     keep = lambda a: jnp.expand_dims(a, axes)  # noqa: E731
     keys = _unsigned_keys(lax.stop_gradient(jnp.where(usable, x, 0)))
     utype = keys.dtype
     largest = jnp.asarray(jnp.iinfo(utype).max, utype)
     keys = jnp.where(usable, keys, largest)
-    n = jnp.sum(usable, axis=axes)
+    cell = math.prod(x.shape[a] for a in axes)
+    if count is not None and cell < 2 ** (jnp.finfo(count.dtype).nmant + 1):
+        n = lax.stop_gradient(count).astype(jnp.int32)
+    else:
+        n = jnp.sum(usable, axis=axes)
     rank_lo = jnp.maximum((n - 1) // 2, 0).astype(jnp.int32)
     width, b = jnp.iinfo(utype).bits, MEDIAN_DIGIT_BITS
     digits = jnp.arange(1, 2**b, dtype=utype)
@@ -382,15 +395,32 @@ def _median(x, usable, axes):
     v_hi = jnp.where(at_most > n // 2, v_lo, above)
 
     def value_of(v):
-        # value + Σ_equal (x - stop_gradient(x)) / count: the value itself (no sum of
-        # the equal entries that could overflow), derivative 1/count on each.
+        # The value itself (no sum of the equal entries that could overflow), with
+        # derivative 1/count on each equal entry: a pass over x only when differentiated.
         value = _float_of_unsigned_key(v, x.dtype)
-        equal = usable & (x == keep(value))
-        zero = jnp.where(equal & jnp.isfinite(x), x - lax.stop_gradient(x), 0)
-        count, total, _ = _power_sums((equal.astype(x.dtype),), (zero,), axes)
-        return value + total / jnp.maximum(count, 1)
+        return _with_tie_gradient(value, x, usable & (x == keep(value)), axes)
 
     return jnp.where(n >= 1, 0.5 * (value_of(v_lo) + value_of(v_hi)), jnp.nan)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _with_tie_gradient(value, x, equal, axes):
+    """``value`` (a statistic equal to the entries ``equal`` of ``x``), whose derivative
+    is the mean of ``x``'s tangents over those entries (0 on non-finite ones).
+
+    The primal is ``value`` itself, so the forward computation reads no pixel; the
+    sums over ``equal`` run only in a derivative.
+    """
+    return value
+
+
+@_with_tie_gradient.defjvp
+def _with_tie_gradient_jvp(axes, primals, tangents):
+    value, x, equal = primals
+    _, dx, _ = tangents
+    count = jnp.sum(equal, axes).astype(x.dtype)
+    total = jnp.sum(jnp.where(equal & jnp.isfinite(x), dx, 0), axes)
+    return value, total / jnp.maximum(count, 1)
 
 
 def _sum_and_min(flags, values, axes):
