@@ -18,9 +18,11 @@ one fresh process and on the same arrays (see worker.py):
             writing the output once (methods.memory_floor);
 
 then a "fit only" table (fit_only.py). ``--headline`` runs the LSST-path targets
-(`HEADLINE`) and prints a summary of them from the min over repeats. Without --quick and without selection
-flags it runs three sweeps: NATURAL_SPLINE/MEANCLIP over N ∈ {1,4,16,64} × side ∈
-{512,1024,2048,4096} in float32 and N ∈ {1,16} in float64, and every named config
+(`HEADLINE`) and prints a summary of them from the min over repeats.
+
+Without --quick and without selection flags it runs three sweeps:
+NATURAL_SPLINE/MEANCLIP over N ∈ {1,4,16,64} × side ∈ {512,1024,2048,4096} in
+float32 and N ∈ {1,16} in float64, and every named config
 (configs.py) at N=16, 1024², float32 and float64. Any of --sizes/--n/--dtypes/--configs turns
 that into the cross product of the given lists. Cases whose estimated memory
 exceeds --max-mem-gib or whose pixel count exceeds --max-pixels are skipped and
