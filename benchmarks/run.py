@@ -353,6 +353,7 @@ def main(argv=None):
     )
     ap.add_argument("--case-timeout", type=float, default=900.0, help="per data set [s]")
     ap.add_argument("--skip-photutils", action="store_true")
+    ap.add_argument("--skip-sep", action="store_true")
     ap.add_argument(
         "--workflow",
         action="store_true",
@@ -440,6 +441,8 @@ def main(argv=None):
             cmd += ["--bin-size", str(args.bin_size)]
         if args.skip_photutils:
             cmd += ["--skip-photutils"]
+        if args.skip_sep:
+            cmd += ["--skip-sep"]
         if args.no_xla_memory:
             cmd += ["--no-xla-memory"]
         if args.headline:
