@@ -305,7 +305,7 @@ def _statistics_with_pooled(
     if statistic == "MEDIAN":
         _, s, m, n = out[0]
         usable = ~jnp.isnan(coded)
-        out[0] = (_median(jnp.where(usable, coded, 0), usable, axes, count=n), s, m, n)
+        out[0] = (_median(jnp.where(usable, coded, 0), usable, axes), s, m, n)
     return out
 
 
@@ -347,7 +347,7 @@ def _float_of_unsigned_key(key: Array, dtype) -> Array:
 MEDIAN_DIGIT_BITS = 4  # key bits found per pass: 2**4 - 1 counts in one reduction
 
 
-def _median(x, usable, axes, count=None):
+def _median(x, usable, axes):
     """Median over ``axes`` of the usable entries (mean of the middle two for even n).
 
     Exact, without sorting: the lower middle value is the smallest key ``v`` (of
@@ -361,19 +361,13 @@ def _median(x, usable, axes, count=None):
     which no usable value has, so the passes read one integer array only.
 
     Derivative: 1 on the middle entry (shared among exact ties; 0 for ±inf).
-    ``count``: the number of usable entries if known already (floats, exact below
-    2**24 entries in float32: then it saves a pass).
     """
     keep = lambda a: jnp.expand_dims(a, axes)  # noqa: E731
     keys = _unsigned_keys(lax.stop_gradient(jnp.where(usable, x, 0)))
     utype = keys.dtype
     largest = jnp.asarray(jnp.iinfo(utype).max, utype)
     keys = jnp.where(usable, keys, largest)
-    cell = math.prod(x.shape[a] for a in axes)
-    if count is not None and cell < 2 ** (jnp.finfo(count.dtype).nmant + 1):
-        n = lax.stop_gradient(count).astype(jnp.int32)
-    else:
-        n = jnp.sum(usable, axis=axes)
+    n = jnp.sum(usable, axis=axes)
     rank_lo = jnp.maximum((n - 1) // 2, 0).astype(jnp.int32)
     width, b = jnp.iinfo(utype).bits, MEDIAN_DIGIT_BITS
     digits = jnp.arange(1, 2**b, dtype=utype)
