@@ -226,7 +226,8 @@ def test_batch_item_equals_indexing(shape):
         assert isinstance(item, jax.Array) and item.dtype == batch.dtype
         np.testing.assert_array_equal(item, batch[k])
     del batch  # the items keep their memory alive
-    np.testing.assert_array_equal(item, np.arange(np.prod(shape[1:])) + k * np.prod(shape[1:]))
+    size = int(np.prod(shape[1:]))
+    np.testing.assert_array_equal(item, (np.arange(size) + k * size).reshape(shape[1:]))
 
 
 def test_reference_statistics_list_equals_one_by_one(rng):
