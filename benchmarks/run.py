@@ -354,6 +354,7 @@ def main(argv=None):
     ap.add_argument("--case-timeout", type=float, default=900.0, help="per data set [s]")
     ap.add_argument("--skip-photutils", action="store_true")
     ap.add_argument("--skip-sep", action="store_true")
+    ap.add_argument("--skip-numpy", action="store_true")
     ap.add_argument(
         "--workflow",
         action="store_true",
@@ -443,6 +444,8 @@ def main(argv=None):
             cmd += ["--skip-photutils"]
         if args.skip_sep:
             cmd += ["--skip-sep"]
+        if args.skip_numpy:
+            cmd += ["--skip-numpy"]
         if args.no_xla_memory:
             cmd += ["--no-xla-memory"]
         if args.headline:
