@@ -237,12 +237,14 @@ def _clipped_moments(streams, axes, num_sigma_clip, num_iter):
             stats[k] = st
     if clipped:
         # Unclipped streams ride along in the clip loop's passes (no pass of their
-        # own): every iteration recomputes their iteration-0 statistics from the
-        # same start, so the result is that of one pass.
-        fixed = [start(k) for k in plain]
+        # own): every iteration recomputes their unclipped statistics, shifted by the
+        # previous iteration's mean. The shift changes, so XLA cannot hoist their
+        # per-pixel terms out of the loop into stored planes; the result is the
+        # one-pass statistic (to rounding: a better shift).
         flags = lambda i: [i == 0] * len(clipped) + [True] * len(plain)  # noqa: E731
-        body = lambda i, st: one_pass(flags(i), clipped + plain, st[: len(clipped)] + fixed)  # noqa: E731
-        final = lax.fori_loop(0, num_iter + 1, body, [start(k) for k in clipped] + fixed)
+        body = lambda i, st: one_pass(flags(i), clipped + plain, st)  # noqa: E731
+        initial = [start(k) for k in clipped + plain]
+        final = lax.fori_loop(0, num_iter + 1, body, initial)
         for k, st in zip(clipped + plain, final):
             stats[k] = st
     return stats
