@@ -13,6 +13,9 @@ GRID_BINS = 16
 
 CONFIGS = {
     # name: (fields)
+    # LSST's defaults (AKIMA_SPLINE, MEAN, REDUCE_INTERP_ORDER), binSize as below.
+    "lsst-default": dict(),
+    "lsst-default-meanclip": dict(gridStatistic="MEANCLIP"),
     "spline-natural": dict(
         usePolynomial=False, interpStyle="NATURAL_SPLINE", gridStatistic="MEANCLIP"
     ),

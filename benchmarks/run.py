@@ -2,6 +2,7 @@
 
     python benchmarks/run.py [--quick] [--out results.json] [--sizes 512 1024]
                              [--n 1 4 16] [--dtypes float32 float64] [--configs ...]
+    python benchmarks/run.py --headline --repeats 7 --out headline.json
 
 For every case (N exposures of side × side pixels, a dtype, a config) it runs, in
 one fresh process and on the same arrays (see worker.py):
@@ -10,12 +11,18 @@ one fresh process and on the same arrays (see worker.py):
             (first call) apart, then the median of timed calls, block_until_ready;
 - numpy     the same algorithm in vectorised NumPy/SciPy (numpy_baseline.py);
 - photutils Background2D on ref - sci per exposure + sci + bkg.background;
+- sep       sep.Background on ref - sci per exposure + sci + back() (C library);
+- lsst-api  (--workflow / --headline) NumPy arrays -> Exposures -> task.run ->
+            getImage() of each model (methods.lsst_workflow);
 - floor     NumPy reading the science image, mask and variance planes once and
             writing the output once (methods.memory_floor);
 
-then a "fit only" table (fit_only.py). Without --quick and without selection
-flags it runs three sweeps: NATURAL_SPLINE/MEANCLIP over N ∈ {1,4,16,64} × side ∈
-{512,1024,2048,4096} in float32 and N ∈ {1,16} in float64, and every named config
+then a "fit only" table (fit_only.py). ``--headline`` runs the LSST-path targets
+(`HEADLINE`) and prints a summary of them from the min over repeats.
+
+Without --quick and without selection flags it runs three sweeps:
+NATURAL_SPLINE/MEANCLIP over N ∈ {1,4,16,64} × side ∈ {512,1024,2048,4096} in
+float32 and N ∈ {1,16} in float64, and every named config
 (configs.py) at N=16, 1024², float32 and float64. Any of --sizes/--n/--dtypes/--configs turns
 that into the cross product of the given lists. Cases whose estimated memory
 exceeds --max-mem-gib or whose pixel count exceeds --max-pixels are skipped and
@@ -86,9 +93,39 @@ def machine_info():
 
 
 # ------------------------------------------------------------------------------ plan
+# The headline (`--headline`): LSST's defaults and the LSST-API workflow against the
+# photutils and SEP loops (N=16, 1024², float32), and the engine against the memory
+# floor at 16 × 2048² (LSST's defaults, NATURAL and AKIMA splines with MEANCLIP).
+# Each entry: (N, side, dtype, configs, extra worker flags).
+HEADLINE = [
+    (
+        16,
+        1024,
+        "float32",
+        [
+            "lsst-default",
+            "lsst-default-meanclip",
+            "spline-natural",
+            "spline-akima",
+            "spline-natural-median",
+        ],
+        ["--workflow", "--skip-numpy"],
+    ),
+    (
+        16,
+        2048,
+        "float32",
+        ["lsst-default", "spline-natural", "spline-akima"],
+        ["--skip-numpy", "--skip-photutils", "--skip-sep"],
+    ),
+]
+
+
 def plan_cases(args):
     """``[(n, side, dtype, [configs])]`` in run order."""
     selected = any(v is not None for v in (args.sizes, args.n, args.dtypes, args.configs))
+    if args.headline:
+        return [case[:4] for case in HEADLINE]
     if args.quick:
         sweeps = [
             dict(n=[1, 4], sizes=[512], dtypes=["float32"], configs=["spline-natural", "cheb6"])
@@ -146,7 +183,7 @@ def skip_reason(n, side, dtype, args, mem_available):
 # ----------------------------------------------------------------------------- table
 HEADER = (
     f"{'N':>3s} {'side':>5s} {'dtype':7s} {'config':22s} {'method':11s} {'compile s':>9s} "
-    f"{'median s':>9s} {'Mpix/s':>8s} {'x jaxmatch':>10s} {'peak MB':>17s}  check"
+    f"{'median s':>9s} {'min s':>8s} {'Mpix/s':>8s} {'x jaxmatch':>10s} {'peak MB':>17s}  check"
 )
 
 
@@ -167,7 +204,13 @@ def format_row(r):
             check += f", {r['gb_per_s']:.1f} GB/s"
             if r.get("peak_fraction") is not None:
                 check += f" = {100 * r['peak_fraction']:.0f} % of peak"
-    elif r["method"] in ("numpy", "photutils"):
+    elif r["method"] == "lsst-api":
+        peak = f"{_mb(r['rss_peak_bytes'])}r"
+        check = (
+            f"ok {r['status_ok']}/{r['n']}, truth rms {r['truth_rms']:.3f}, "
+            f"|Δ| vs jax {r['max_abs_model_diff_vs_jaxmatch']:.1e}"
+        )
+    elif r["method"] in ("numpy", "photutils", "sep"):
         peak = f"{_mb(r['tracemalloc_peak_bytes'])}t/{_mb(r['rss_peak_bytes'])}r"
         check = f"ok {r['status_ok']}/{r['n']}, truth rms {r['truth_rms']:.3f}"
         if r["method"] == "numpy":
@@ -182,7 +225,8 @@ def format_row(r):
     ratio = "-" if ratio is None else f"{ratio:.2f}"
     return (
         f"{r['n']:3d} {r['side']:5d} {r['dtype']:7s} {r['config']:22s} {r['method']:11s} "
-        f"{comp:>9s} {r['median_s']:9.4f} {r['mpix_per_s']:8.1f} {ratio:>10s} {peak:>17s}  {check}"
+        f"{comp:>9s} {r['median_s']:9.4f} {r['min_s']:8.4f} {r['mpix_per_s']:8.1f} {ratio:>10s} "
+        f"{peak:>17s}  {check}"
     )
 
 
@@ -202,6 +246,71 @@ def table_rows(rows):
     return out
 
 
+def _min_time(rows, side, config, method):
+    for r in rows:
+        if r["side"] == side and r["method"] == method and r["config"] in (config, "-"):
+            return r["min_s"]
+    return None
+
+
+def headline_summary(rows) -> list[str]:
+    """The headline's targets, from the min over repeats of each method (same run)."""
+
+    def ratio(a, b):
+        return "-" if a is None or b is None else f"{a / b:.2f}"
+
+    def sec(t):
+        return "-" if t is None else f"{t:.4f}"
+
+    out = [
+        "",
+        "# Headline (min of repeats; ratios from this run): N=16, 1024², float32",
+        f"{'config':22s} {'engine s':>9s} {'lsst-api s':>10s} {'photutils s':>11s} "
+        f"{'sep s':>8s} {'floor s':>8s} {'photutils/api':>13s} {'sep/api':>8s} "
+        f"{'photutils/eng':>13s} {'sep/eng':>8s}",
+    ]
+    for cfg in dict.fromkeys(r["config"] for r in rows if r["side"] == 1024):
+        if cfg == "-":
+            continue
+        t = {
+            m: _min_time(rows, 1024, cfg, m)
+            for m in ("jaxmatch", "lsst-api", "photutils", "sep", "floor")
+        }
+        out.append(
+            f"{cfg:22s} {sec(t['jaxmatch']):>9s} {sec(t['lsst-api']):>10s} "
+            f"{sec(t['photutils']):>11s} {sec(t['sep']):>8s} {sec(t['floor']):>8s} "
+            f"{ratio(t['photutils'], t['lsst-api']):>13s} {ratio(t['sep'], t['lsst-api']):>8s} "
+            f"{ratio(t['photutils'], t['jaxmatch']):>13s} {ratio(t['sep'], t['jaxmatch']):>8s}"
+        )
+    out += [
+        "",
+        "# Engine vs memory floor (min of repeats)",
+        f"{'side':>5s} {'config':22s} {'engine s':>9s} {'floor s':>8s} {'engine/floor':>12s}",
+    ]
+    for side in sorted({r["side"] for r in rows}):
+        for cfg in dict.fromkeys(r["config"] for r in rows if r["side"] == side):
+            if cfg == "-":
+                continue
+            eng, floor = _min_time(rows, side, cfg, "jaxmatch"), _min_time(rows, side, cfg, "floor")
+            out.append(
+                f"{side:5d} {cfg:22s} {sec(eng):>9s} {sec(floor):>8s} {ratio(eng, floor):>12s}"
+            )
+    out += ["", "# Defaults against the headline config (engine, min of repeats)"]
+    for side in sorted({r["side"] for r in rows}):
+        for slow, fast, what in (
+            ("spline-akima", "spline-natural", "AKIMA / NATURAL (MEANCLIP), target <= 1.2"),
+            (
+                "spline-natural-median",
+                "spline-natural",
+                "MEDIAN / MEANCLIP (NATURAL), target <= 1.5",
+            ),
+        ):
+            a, b = _min_time(rows, side, slow, "jaxmatch"), _min_time(rows, side, fast, "jaxmatch")
+            if a is not None and b is not None:
+                out.append(f"{side:5d} {what}: {a:.4f} / {b:.4f} = {a / b:.2f}")
+    return out
+
+
 # ------------------------------------------------------------------------------ main
 def main(argv=None):
     ap = argparse.ArgumentParser(
@@ -210,6 +319,11 @@ def main(argv=None):
         epilog="\n".join(__doc__.splitlines()[2:]),
     )
     ap.add_argument("--quick", action="store_true", help="N in {1,4}, 512², float32, 2 configs")
+    ap.add_argument(
+        "--headline",
+        action="store_true",
+        help="the LSST-path targets: LSST defaults, workflow, photutils, SEP, floor (see README)",
+    )
     ap.add_argument("--out", default="results.json", help="JSON file to write")
     ap.add_argument("--sizes", type=int, nargs="+", default=None)
     ap.add_argument("--n", type=int, nargs="+", default=None)
@@ -239,6 +353,13 @@ def main(argv=None):
     )
     ap.add_argument("--case-timeout", type=float, default=900.0, help="per data set [s]")
     ap.add_argument("--skip-photutils", action="store_true")
+    ap.add_argument("--skip-sep", action="store_true")
+    ap.add_argument("--skip-numpy", action="store_true")
+    ap.add_argument(
+        "--workflow",
+        action="store_true",
+        help="also time the LSST-API workflow (arrays -> Exposures -> task.run -> getImage)",
+    )
     ap.add_argument(
         "--no-xla-memory",
         action="store_true",
@@ -321,8 +442,16 @@ def main(argv=None):
             cmd += ["--bin-size", str(args.bin_size)]
         if args.skip_photutils:
             cmd += ["--skip-photutils"]
+        if args.skip_sep:
+            cmd += ["--skip-sep"]
+        if args.skip_numpy:
+            cmd += ["--skip-numpy"]
         if args.no_xla_memory:
             cmd += ["--no-xla-memory"]
+        if args.headline:
+            cmd += next(c[4] for c in HEADLINE if c[:3] == (n, side, dtype))
+        elif args.workflow:
+            cmd += ["--workflow"]
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(
@@ -349,7 +478,7 @@ def main(argv=None):
                 flush=True,
             )
             break
-    if not args.no_fit_only:
+    if not args.no_fit_only and not args.headline:
         fit_args = ["--n", "16", "--repeats", "3"]
         fit_args += (
             ["--grids", "4,8,16", "--orders", "4,8"]
@@ -369,6 +498,10 @@ def main(argv=None):
         if proc.returncode == 0:
             result["fit_only"] = json.loads(Path(fit_path).read_text())
         Path(fit_path).unlink(missing_ok=True)
+    if args.headline or args.workflow:
+        summary = headline_summary(result["rows"])
+        print("\n".join(summary), flush=True)
+        result["headline"] = summary
     result["total_s"] = time.perf_counter() - t_all
     result["machine"]["loadavg_end"] = os.getloadavg()
     save()

@@ -13,6 +13,10 @@ For each config, in this order, on the same arrays:
 2. NumPy baseline (`numpy_baseline.match_numpy`): one untimed call under
    tracemalloc (memory + the answer), then ``repeats`` timed calls;
 3. photutils loop (`methods.photutils_loop`): the same;
+4. SEP loop (`methods.sep_loop`): the same (when `sep` is installed);
+5. with ``--workflow``: the LSST-API workflow (`methods.lsst_workflow`: NumPy
+   arrays → Exposures → ``task.run`` → ``getImage()`` of each), first call apart,
+   then ``repeats`` timed calls;
 
 and once per data set the memory floor (`methods.memory_floor`).
 """
@@ -36,9 +40,11 @@ from configs import CONFIGS, make_config  # noqa: E402
 from data import make_case  # noqa: E402
 from methods import (  # noqa: E402
     image_floor,
+    lsst_workflow,
     measure_memory,
     memory_floor,
     photutils_loop,
+    sep_loop,
     time_runs,
 )
 from numpy_baseline import match_numpy  # noqa: E402
@@ -131,53 +137,56 @@ def run_config(case, name, args, pix):
 
     # 2. NumPy baseline (same algorithm).
     out = np.empty_like(case.sci_image)
+    if not args.skip_numpy:
 
-    def fn():
-        return match_numpy(
-            case.ref_image,
-            case.ref_mask,
-            case.ref_var,
-            case.sci_image,
-            case.sci_mask,
-            case.sci_var,
-            config,
-            bits_r,
-            bits_s,
-            out=out,
+        def fn():
+            return match_numpy(
+                case.ref_image,
+                case.ref_mask,
+                case.ref_var,
+                case.sci_image,
+                case.sci_mask,
+                case.sci_var,
+                config,
+                bits_r,
+                bits_s,
+                out=out,
+            )
+
+        t0 = time.perf_counter()
+        res, tm_peak, rss0, how = measure_memory(fn)
+        first_np = time.perf_counter() - t0
+        np_truth = _truth_rms(
+            case, lambda i: res["matched"][i].astype(np.float64) - case.sci_image[i], n_check
         )
-
-    t0 = time.perf_counter()
-    res, tm_peak, rss0, how = measure_memory(fn)
-    first_np = time.perf_counter() - t0
-    np_truth = _truth_rms(
-        case, lambda i: res["matched"][i].astype(np.float64) - case.sci_image[i], n_check
-    )
-    dmax = max(
-        float(
-            np.nanmax(
-                np.abs((res["matched"][i].astype(np.float64) - case.sci_image[i]) - jax_models[i])
+        dmax = max(
+            float(
+                np.nanmax(
+                    np.abs(
+                        (res["matched"][i].astype(np.float64) - case.sci_image[i]) - jax_models[i]
+                    )
+                )
+            )
+            for i in range(n_check)
+        )
+        np_status = res["status"]
+        res = None
+        times, rss, how = time_runs(fn, args.repeats, max_total_s=args.max_time)
+        rows.append(
+            dict(
+                base,
+                method="numpy",
+                first_call_s=first_np,
+                compile_s=None,
+                **_summary(times),
+                rss_peak_bytes=max(rss, rss0),
+                rss_method=how,
+                tracemalloc_peak_bytes=tm_peak,
+                status_ok=int((np_status == 0).sum()),
+                truth_rms=np_truth,
+                max_abs_model_diff_vs_jaxmatch=dmax,
             )
         )
-        for i in range(n_check)
-    )
-    np_status = res["status"]
-    res = None
-    times, rss, how = time_runs(fn, args.repeats, max_total_s=args.max_time)
-    rows.append(
-        dict(
-            base,
-            method="numpy",
-            first_call_s=first_np,
-            compile_s=None,
-            **_summary(times),
-            rss_peak_bytes=max(rss, rss0),
-            rss_method=how,
-            tracemalloc_peak_bytes=tm_peak,
-            status_ok=int((np_status == 0).sum()),
-            truth_rms=np_truth,
-            max_abs_model_diff_vs_jaxmatch=dmax,
-        )
-    )
 
     # 3. photutils loop.
     if not args.skip_photutils:
@@ -227,11 +236,110 @@ def run_config(case, name, args, pix):
                 rms_model_diff_vs_jaxmatch=pu_vs_jax,
             )
         )
+    # 4. SEP loop.
+    if not args.skip_sep and _has_sep():
+        rows.append(
+            _baseline_row(
+                case, base, "sep", sep_loop, config, bits_r, bits_s, out, jax_models, n_check, args
+            )
+        )
     out = None
+
+    # 5. The LSST-API workflow.
+    if args.workflow:
+        rows.append(_workflow_row(case, base, config, jax_models, n_check, args))
     for r in rows:
         r["mpix_per_s"] = pix / r["median_s"] / 1e6
         r["ratio_to_jaxmatch"] = r["median_s"] / jx["median_s"]
     return rows
+
+
+def _has_sep() -> bool:
+    try:
+        import sep  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _baseline_row(case, base, method, loop, config, bits_r, bits_s, out, jax_models, n_check, args):
+    """A per-exposure loop (photutils-like signature): memory, accuracy, times."""
+
+    def fn():
+        return loop(
+            case.ref_image,
+            case.ref_mask,
+            case.sci_image,
+            case.sci_mask,
+            config,
+            bits_r,
+            bits_s,
+            out=out,
+        )
+
+    t0 = time.perf_counter()
+    (matched, failed), tm_peak, rss0, how = measure_memory(fn)
+    first_s = time.perf_counter() - t0
+    truth = _truth_rms(case, lambda i: matched[i].astype(np.float64) - case.sci_image[i], n_check)
+    vs_jax = math.sqrt(
+        np.mean(
+            [
+                np.nanmean((matched[i].astype(np.float64) - case.sci_image[i] - jax_models[i]) ** 2)
+                for i in range(n_check)
+            ]
+        )
+    )
+    matched = None
+    times, rss, how = time_runs(fn, args.repeats, max_total_s=args.max_time)
+    return dict(
+        base,
+        method=method,
+        first_call_s=first_s,
+        compile_s=None,
+        **_summary(times),
+        rss_peak_bytes=max(rss, rss0),
+        rss_method=how,
+        tracemalloc_peak_bytes=tm_peak,
+        status_ok=case.n - failed,
+        truth_rms=truth,
+        rms_model_diff_vs_jaxmatch=vs_jax,
+    )
+
+
+def _workflow_row(case, base, config, jax_models, n_check, args):
+    """`methods.lsst_workflow` on plain NumPy copies of the inputs (a user's arrays:
+    not the buffers JAX already holds), its first call (compilations) timed apart."""
+    task = jaxmatch.MatchBackgroundsTask(config=config)
+    reference = tuple(np.array(a) for a in (case.ref_image, case.ref_mask, case.ref_var))
+    exposures = [
+        tuple(np.array(a[i]) for a in (case.sci_image, case.sci_mask, case.sci_var))
+        for i in range(case.n)
+    ]
+
+    def fn():
+        return lsst_workflow(task, reference, exposures)
+
+    t0 = time.perf_counter()
+    _, images = fn()
+    first_s = time.perf_counter() - t0
+    ok = sum(img is not None for img in images)
+    truth = _truth_rms(case, lambda i: images[i], n_check)
+    vs_jax = max(float(np.nanmax(np.abs(images[i] - jax_models[i]))) for i in range(n_check))
+    images = None
+    times, rss, how = time_runs(fn, args.repeats, max_total_s=args.max_time)
+    return dict(
+        base,
+        method="lsst-api",
+        first_call_s=first_s,
+        compile_s=max(first_s - statistics.median(times), 0.0),
+        **_summary(times),
+        rss_peak_bytes=rss,
+        rss_method=how,
+        tracemalloc_peak_bytes=None,
+        status_ok=ok,
+        truth_rms=truth,
+        max_abs_model_diff_vs_jaxmatch=vs_jax,
+    )
 
 
 # Nominal peak memory bandwidth [GB/s] of some GPUs, by a substring of JAX's
@@ -316,6 +424,13 @@ def main(argv=None):
     )
     ap.add_argument("--sim-max-side", type=int, default=2048)
     ap.add_argument("--skip-photutils", action="store_true")
+    ap.add_argument("--skip-sep", action="store_true")
+    ap.add_argument("--skip-numpy", action="store_true")
+    ap.add_argument(
+        "--workflow",
+        action="store_true",
+        help="also time the LSST-API workflow (arrays -> Exposures -> task.run -> getImage)",
+    )
     ap.add_argument(
         "--no-xla-memory",
         dest="xla_memory",

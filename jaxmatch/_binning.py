@@ -183,9 +183,11 @@ def _clipped_moments(streams, axes, num_sigma_clip, num_iter):
         return jnp.sum(a) if pooled else a
 
     def one_pass(first, group, stats):
-        """New ``(value, s, m, n)`` of the streams ``group`` after one pass."""
+        """New ``(value, s, m, n)`` of the streams ``group`` after one pass (``first``:
+        one flag for all, or one per stream)."""
+        firsts = first if isinstance(first, list) else [first] * len(group)
         weights, devs = [], []
-        for k, (value, s, _, _) in zip(group, stats):
+        for k, first, (value, s, _, _) in zip(group, firsts, stats):
             deviation, _, pooled, sharpness = streams[k]
             ok_s = s > 0
             centre = keep_dims(jnp.where(ok_s, value, 0.0), pooled)
@@ -204,7 +206,7 @@ def _clipped_moments(streams, axes, num_sigma_clip, num_iter):
             devs.append(d)
         sums = _power_sums(tuple(weights), tuple(devs), axes)
         out = []
-        for j, (k, (value, s, m, n)) in enumerate(zip(group, stats)):
+        for j, (k, first, (value, s, m, n)) in enumerate(zip(group, firsts, stats)):
             pooled = streams[k][2]
             mt, s1, s2 = (fold(a, pooled) for a in sums[3 * j : 3 * j + 3])
             new_value, new_s = _mean_std(jnp.where(s > 0, value, 0.0), mt, s1, s2)
@@ -232,13 +234,20 @@ def _clipped_moments(streams, axes, num_sigma_clip, num_iter):
     stats = [None] * len(streams)
     clipped = [k for k, stream in enumerate(streams) if stream[1] and num_iter > 0]
     plain = [k for k in range(len(streams)) if k not in clipped]
-    if plain:
+    if plain and not clipped:
         for k, st in zip(plain, one_pass(True, plain, [start(k) for k in plain])):
             stats[k] = st
     if clipped:
-        body = lambda i, st: one_pass(i == 0, clipped, st)  # noqa: E731
-        final = lax.fori_loop(0, num_iter + 1, body, [start(k) for k in clipped])
-        for k, st in zip(clipped, final):
+        # Unclipped streams ride along in the clip loop's passes (no pass of their
+        # own): every iteration recomputes their unclipped statistics, shifted by the
+        # previous iteration's mean. The shift changes, so XLA cannot hoist their
+        # per-pixel terms out of the loop into stored planes; the result is the
+        # one-pass statistic (to rounding: a better shift).
+        flags = lambda i: [i == 0] * len(clipped) + [True] * len(plain)  # noqa: E731
+        body = lambda i, st: one_pass(flags(i), clipped + plain, st)  # noqa: E731
+        initial = [start(k) for k in clipped + plain]
+        final = lax.fori_loop(0, num_iter + 1, body, initial)
+        for k, st in zip(clipped + plain, final):
             stats[k] = st
     return stats
 
@@ -384,15 +393,32 @@ def _median(x, usable, axes):
     v_hi = jnp.where(at_most > n // 2, v_lo, above)
 
     def value_of(v):
-        # value + Σ_equal (x - stop_gradient(x)) / count: the value itself (no sum of
-        # the equal entries that could overflow), derivative 1/count on each.
+        # The value itself (no sum of the equal entries that could overflow), with
+        # derivative 1/count on each equal entry: a pass over x only when differentiated.
         value = _float_of_unsigned_key(v, x.dtype)
-        equal = usable & (x == keep(value))
-        zero = jnp.where(equal & jnp.isfinite(x), x - lax.stop_gradient(x), 0)
-        count, total, _ = _power_sums((equal.astype(x.dtype),), (zero,), axes)
-        return value + total / jnp.maximum(count, 1)
+        return _with_tie_gradient(value, x, usable & (x == keep(value)), axes)
 
     return jnp.where(n >= 1, 0.5 * (value_of(v_lo) + value_of(v_hi)), jnp.nan)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _with_tie_gradient(value, x, equal, axes):
+    """``value`` (a statistic equal to the entries ``equal`` of ``x``), whose derivative
+    is the mean of ``x``'s tangents over those entries (0 on non-finite ones).
+
+    The primal is ``value`` itself, so the forward computation reads no pixel; the
+    sums over ``equal`` run only in a derivative.
+    """
+    return value
+
+
+@_with_tie_gradient.defjvp
+def _with_tie_gradient_jvp(axes, primals, tangents):
+    value, x, equal = primals
+    _, dx, _ = tangents
+    count = jnp.sum(equal, axes).astype(x.dtype)
+    total = jnp.sum(jnp.where(equal & jnp.isfinite(x), dx, 0), axes)
+    return value, total / jnp.maximum(count, 1)
 
 
 def _sum_and_min(flags, values, axes):

@@ -17,12 +17,14 @@ import jax.numpy as jnp
 
 from ._exposure import DEFAULT_MASK_PLANES, Exposure, _from_planes
 
-__all__ = ["traced_mask_bits"]
+__all__ = ["traced_mask_bits", "with_canonical_planes"]
 
 _CANONICAL = tuple(sorted(DEFAULT_MASK_PLANES.items()))
 
 
-def _canonical(exposure: Exposure) -> Exposure:
+def with_canonical_planes(exposure: Exposure) -> Exposure:
+    """``exposure`` with the canonical plane dictionary (same arrays, no copy); only
+    valid together with bit masks from `traced_mask_bits`."""
     if exposure.mask_planes == _CANONICAL:
         return exposure
     return _from_planes(exposure.image, exposure.mask, exposure.variance, _CANONICAL)
@@ -40,4 +42,4 @@ def traced_mask_bits(
     """
     bits_ref = jnp.asarray(reference.bitmask(planes), dtype=jnp.int32)
     bits_sci = jnp.asarray(science.bitmask(planes), dtype=jnp.int32)
-    return _canonical(reference), _canonical(science), bits_ref, bits_sci
+    return with_canonical_planes(reference), with_canonical_planes(science), bits_ref, bits_sci

@@ -36,6 +36,7 @@ from ._compile import filter_jit
 from ._config import MatchBackgroundsConfig, MatchBackgroundsTaskConfig, static_config
 from ._custom_types import checks_own_arguments
 from ._diagnostics import centre_pixels, fit_rms, matched_mse
+from ._evaluate import model_image_output
 from ._exposure import Exposure
 from ._fit import (
     RIDGE_PER_CELL as RIDGE_PER_CELL,
@@ -116,6 +117,7 @@ class MatchResult(eqx.Module):
     effective_order: Int[Array, "*N 2"]
     min_sampled: Int[Array, " *N"]
     bin_size: Int[Array, " *N"]
+    model_image: Float[Array, "*N H W"] | None = None
 
 
 def match_one(
@@ -127,9 +129,10 @@ def match_one(
     config: MatchBackgroundsConfig,
     plan: FitPlan,
     bin_size: int | CellCount,
+    with_image: bool = False,
 ) -> MatchResult:
     """Match one science exposure ``(H, W)`` to the reference: a `MatchResult`
-    without the batch axis (``vmap`` adds it)."""
+    without the batch axis (``vmap`` adds it); ``with_image``: with ``model_image``."""
     dtype = sci.image.dtype
     fit = prepare_fit(ref, sci, hyper, bits_ref, bits_sci, config, plan, with_diff_im_var=True)
     grid, terms, design = fit.grid, fit.terms, fit.problem.design
@@ -179,11 +182,12 @@ def match_one(
         effective_order=terms.orders,
         min_sampled=terms.m.astype(jnp.int32),
         bin_size=jnp.asarray(fit_grid_size(bin_size, basis.shape), jnp.int32),
+        **model_image_output(model, with_image),
     )
 
 
 @filter_jit
-def _match_batch(
+def match_batch(
     ref: Exposure,
     sci: Exposure,
     hyper: Hyperparameters,
@@ -191,9 +195,16 @@ def _match_batch(
     bits_sci: int | Array,
     config: MatchBackgroundsConfig,
     bin_size: int | CellCount,
+    with_image: bool = False,
 ) -> MatchResult:
+    """The compiled program of `match` (and of the task's list path): `match_one`
+    ``vmap``ped over the science batch ``(N, H, W)``. ``config``, ``bin_size`` and
+    ``with_image`` are static; the rest are arrays (no recompilation when they change)."""
     plan = plan_fit(config, ref.image.shape, bin_size)
-    fn = lambda s: match_one(ref, s, hyper, bits_ref, bits_sci, config, plan, bin_size)  # noqa: E731
+
+    def fn(s: Exposure) -> MatchResult:
+        return match_one(ref, s, hyper, bits_ref, bits_sci, config, plan, bin_size, with_image)
+
     return jax.vmap(fn)(sci)
 
 
@@ -279,7 +290,7 @@ def match(
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
 
     def one_call(sub: Exposure) -> MatchResult:
-        return _match_batch(reference, sub, hyper, bits_ref, bits_sci, config, config.binSize)
+        return match_batch(reference, sub, hyper, bits_ref, bits_sci, config, config.binSize)
 
     run: Callable[[Exposure], MatchResult] = one_call
     if shard:
@@ -313,7 +324,7 @@ def _increase_nxnysample(
 
     def refit(idx: np.ndarray, grid: Any) -> MatchResult:
         sub = jax.tree.map(lambda a: a[idx], science)
-        return _match_batch(reference, sub, hyper, bits_ref, bits_sci, throw, grid)
+        return match_batch(reference, sub, hyper, bits_ref, bits_sci, throw, grid)
 
     return increase_nxnysample(
         result, config, shape, refit, lambda grid: plan_fit(throw, shape, grid), _set_rows

@@ -42,6 +42,7 @@ from ._reference import (
 )
 from ._scaler import ImageScaler
 from ._taskbase import Struct, Task
+from ._taskpath import ListFit, batch_item, match_list
 
 
 class MatchBackgroundsTask(Task):
@@ -107,9 +108,15 @@ class MatchBackgroundsTask(Task):
         Chooses the reference with `selectRefExposure` when ``refExpDataRef`` is
         None; otherwise it must be one of ``expRefList`` (identity, or equal path).
         Returns ``Struct(backgroundInfoList=[Struct(isReference, backgroundModel,
-        fitRMS, matchedMSE, diffImVar), ...])`` in input order; every entry that is
-        the reference has ``isReference=True`` and None elsewhere, and so has a
-        failed fit (logged, not raised). The exposures are not modified.
+        fitRMS, matchedMSE, diffImVar), ...], refIndex, matchedExposureList)`` in
+        input order; every entry that is the reference has ``isReference=True`` and
+        None elsewhere, and so has a failed fit (logged, not raised).
+        ``backgroundModel.getImage()`` returns the model image computed by the fit
+        (no second evaluation). ``refIndex`` is the index of the reference in
+        ``expRefList`` (jaxmatch); ``matchedExposureList[i]`` is exposure ``i``
+        matched to the reference (scaled image + model, its own mask and variance),
+        the (scaled) reference itself for the reference, None where the fit failed.
+        The exposures are not modified.
 
         Raises `ValueError` for an empty list, a scaler list of the wrong length or a
         reference not in the list, and `RuntimeError` naming a missing exposure.
@@ -135,6 +142,7 @@ class MatchBackgroundsTask(Task):
                 raise ValueError(f"refExpDataRef {refExpDataRef!r} is not one of expRefList")
             refExposure = _scaled(loaded[isRef.index(True)], refImageScaler)
             infos: list[Struct] = [_info(r) for r in isRef]
+            matchedList: list[Exposure | None] = [refExposure if r else None for r in isRef]
             batch, batchIndices = [], []
             for i in (i for i, r in enumerate(isRef) if not r):
                 exposure = _scaled(loaded[i], scalers[i])
@@ -145,44 +153,44 @@ class MatchBackgroundsTask(Task):
                     batch.append(exposure)
                     batchIndices.append(i)
             if self.staticConfig.matchMode == "GLOBAL":
-                self._fitGlobal(refExposure, batch, batchIndices, expRefList, infos)
+                self._fitGlobal(refExposure, batch, batchIndices, expRefList, infos, matchedList)
             else:
                 for groupIndices, group in _groups(batchIndices, batch):
-                    self._fitBatch(refExposure, group, groupIndices, expRefList, infos)
+                    self._fitBatch(refExposure, group, groupIndices, expRefList, infos, matchedList)
             self.metadata["numExposures"] = len(expRefList)
             self.metadata["numFailed"] = sum(
                 1 for s in infos if not s.isReference and s.backgroundModel is None
             )
-        return Struct(backgroundInfoList=infos)
+        return Struct(
+            backgroundInfoList=infos,
+            refIndex=isRef.index(True),
+            matchedExposureList=matchedList,
+        )
 
     def _logFailure(self, ref, reason) -> None:
         self.log.warning("Failed to fit background %s: %s", _describe(ref), reason)
 
-    def _fitBatch(self, refExposure, group, indices, expRefList, infos):
-        """One batched call of the engine for exposures with one shape and plane set.
+    def _fitBatch(self, refExposure, group, indices, expRefList, infos, matchedList):
+        """One compiled call of the engine for exposures with one shape and plane set
+        (`match_list`: no stacked copy; model and matched images computed once).
 
         Any exception fails the exposures of this call (logged, None fields), as an
         exception in one fit does in LSST's loop; the other groups go on.
         """
         try:
-            result = match(
-                refExposure,
-                stack_exposures(group),
-                self.staticConfig,
-                roughness=self.splineRoughness,
-                raise_on_failure=False,
-            )
-            result.status.block_until_ready()
+            fit = match_list(refExposure, group, self.staticConfig, roughness=self.splineRoughness)
         except Exception as err:  # noqa: BLE001 - LSST logs a failed fit and goes on
             for i in indices:
                 self._logFailure(expRefList[i], f"{type(err).__name__}: {err}")
             return
         for k, i in enumerate(indices):
-            self._record(result, k, expRefList[i], infos, i)
+            self._record(fit, k, expRefList[i], infos, i)
+            if infos[i].backgroundModel is not None:
+                matchedList[i] = _with_image(group[k], fit.matched[k])
 
-    def _record(self, result, k, ref, infos, i, **extra) -> None:
-        """Entry ``i`` of the result list from exposure ``k`` of an engine result."""
-        status = int(result.status[k])
+    def _record(self, fit, k, ref, infos, i, **extra) -> None:
+        """Entry ``i`` of the result list from exposure ``k`` of a `ListFit`."""
+        status = int(fit.status[k])
         if status not in FITTED:
             self._logFailure(ref, STATUS_MESSAGES[status])
             for name, value in extra.items():
@@ -192,14 +200,14 @@ class MatchBackgroundsTask(Task):
             self.log.warning("Background of %s: %s", _describe(ref), STATUS_MESSAGES[status])
         infos[i] = Struct(
             isReference=False,
-            backgroundModel=result.model[k],
-            fitRMS=float(result.fitRMS[k]),
-            matchedMSE=float(result.matchedMSE[k]),
-            diffImVar=float(result.diffImVar[k]),
+            backgroundModel=fit.models[k],
+            fitRMS=float(fit.fitRMS[k]),
+            matchedMSE=float(fit.matchedMSE[k]),
+            diffImVar=float(fit.diffImVar[k]),
             **extra,
         )
 
-    def _fitGlobal(self, refExposure, batch, indices, expRefList, infos):
+    def _fitGlobal(self, refExposure, batch, indices, expRefList, infos, matchedList):
         """GLOBAL mode: one joint solve over the reference and every other exposure.
 
         The reference is the gauge (its model is 0); each entry also gets ``group``,
@@ -229,9 +237,12 @@ class MatchBackgroundsTask(Task):
                 self._logFailure(expRefList[i], f"{type(err).__name__}: {err}")
             return
         groups_ = np.asarray(result.group)
-        for k, (_, i) in enumerate(members):
+        fit = _host_fit(result, [m[0] for m in members])
+        for k, (exposure, i) in enumerate(members):
             if i is not None:
-                self._record(result, k, expRefList[i], infos, i, group=int(groups_[k]))
+                self._record(fit, k, expRefList[i], infos, i, group=int(groups_[k]))
+                if infos[i].backgroundModel is not None:
+                    matchedList[i] = _with_image(exposure, fit.matched[k])
         for info in infos:
             if info.isReference:
                 info.group = int(groups_[0])
@@ -414,6 +425,25 @@ def _info(isReference: bool) -> Struct:
     return Struct(
         isReference=isReference, backgroundModel=None, fitRMS=None, matchedMSE=None, diffImVar=None
     )
+
+
+def _with_image(exposure: Exposure, image) -> Exposure:
+    """``exposure`` with another image plane (mask and variance shared, not copied)."""
+    return Exposure(
+        image.astype(exposure.image.dtype),
+        exposure.mask,
+        exposure.variance,
+        mask_planes=exposure.getMaskPlaneDict(),
+    )
+
+
+def _host_fit(result, exposures) -> ListFit:
+    """A `ListFit` view of an engine result (`MatchResult` / `GlobalResult`)."""
+    n = len(exposures)
+    models = [result.model[k] for k in range(n)]
+    matched = [batch_item(result.matched, k) for k in range(n)]
+    host = jax.device_get((result.status, result.fitRMS, result.matchedMSE, result.diffImVar))
+    return ListFit(models, matched, *(np.asarray(a) for a in host))
 
 
 def _load(ref: Any, datasetType: str) -> Exposure:

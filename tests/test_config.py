@@ -487,7 +487,7 @@ def test_equal_configs_and_new_task_instances_trace_once(traces):
     first = MatchBackgroundsTask()
     first.config.update(**SMALL)
     model = first.matchBackgrounds(ref, _pair()[1]).backgroundModel.getImage()
-    assert traces["names"].count("_match_batch") == 1
+    assert traces["names"].count("match_batch") == 1
     before = traces["n"]
     for config in (MatchBackgroundsTaskConfig(**SMALL), MatchBackgroundsConfig(**SMALL)):
         task = MatchBackgroundsTask(config)  # a new instance, an equal config
@@ -496,7 +496,7 @@ def test_equal_configs_and_new_task_instances_trace_once(traces):
     assert traces["n"] == before  # nothing traced again
     first.config.binSize = 32  # a different config compiles
     first.matchBackgrounds(ref, _pair()[1])
-    assert traces["names"].count("_match_batch") == 2
+    assert traces["names"].count("match_batch") == 2
 
 
 def test_mask_plane_dictionaries_do_not_recompile(traces):

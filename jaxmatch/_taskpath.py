@@ -1,0 +1,236 @@
+"""The task's batched fit: a list of exposures in, models, their images and the
+matched images out, from one compiled program.
+
+`MatchBackgroundsTask.run` holds its exposures as a Python list (each read or
+built on its own). Stacking them into an ``(N, H, W)`` batch before calling
+`jaxmatch.match` would copy every image, mask and variance plane once more, and
+evaluating each returned model afterwards (``getImage()``) would compute every
+model image a second time. Here the list goes into one compiled program that
+stacks it (XLA reads the planes where they are), matches the batch as `match`
+does, and returns, per exposure, its own buffers: the model image and the
+matched image, both computed in the loop that forms ``sci + model``. The
+diagnostics come back to the host once, as NumPy arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ._batch import working_dtype
+from ._compile import filter_jit
+from ._evaluate import grid_image
+from ._exposure import Exposure, stack_exposures
+from ._fit import hyperparameters
+from ._maskbits import traced_mask_bits, with_canonical_planes
+from ._match import match, match_batch
+from ._model import BackgroundModel
+from ._plan import plan_fit
+from ._reference import reference_statistics
+
+
+class EvaluatedModel(BackgroundModel):
+    """A `BackgroundModel` that carries its model image (computed by the fit).
+
+    ``getImage()`` returns ``image`` ``(*batch, H, W)`` without evaluating the model
+    again; everything else (coefficients, basis, ``evaluate(y, x)`` at other
+    pixels) is that of the plain model.
+    """
+
+    image: Float[Array, "*batch H W"]
+
+    def evaluate(self, y=None, x=None) -> Float[Array, "*batch ny nx"]:
+        """The model at pixel rows ``y`` × columns ``x`` (default: the stored image)."""
+        if y is None and x is None:
+            return self.image
+        return BackgroundModel(self.coefficients, self.basis).evaluate(y, x)
+
+    def __getitem__(self, index) -> EvaluatedModel:
+        if self.coefficients.ndim <= 2:
+            raise TypeError("a single model cannot be indexed")
+        return EvaluatedModel(self.coefficients[index], self.basis, self.image[index])
+
+
+class ListFit(NamedTuple):
+    """Per-exposure results of `match_list` (host arrays for the scalars).
+
+    ``models[k]``: an `EvaluatedModel` ``(ky, kx)`` (NaN coefficients where the fit
+    failed); ``matched[k]``: ``sci + model`` ``(H, W)`` in the exposure's dtype (the
+    science image where the fit failed); ``status``, ``fitRMS``, ``matchedMSE``,
+    ``diffImVar``: NumPy ``(N,)``.
+    """
+
+    models: list[EvaluatedModel]
+    matched: list[Array]
+    status: np.ndarray
+    fitRMS: np.ndarray
+    matchedMSE: np.ndarray
+    diffImVar: np.ndarray
+
+
+_SCALARS = ("status", "fitRMS", "matchedMSE", "diffImVar")
+
+
+@filter_jit
+def _match_list_program(reference, exposures, hyper, bits_ref, bits_sci, config, dtype):
+    """Stack, cast and match; the model and matched images ``(N, H, W)`` and the
+    diagnostics. The matched images are in the exposures' own dtype."""
+    out_dtype = exposures[0].image.dtype
+    reference = _cast_planes(reference, dtype)
+    science = jax.tree.map(lambda *planes: jnp.stack(planes), *exposures)
+    science = _cast_planes(science, dtype)
+    result = match_batch(
+        reference, science, hyper, bits_ref, bits_sci, config, config.binSize, True
+    )
+    scalars = {name: getattr(result, name) for name in _SCALARS}
+    matched = result.matched.astype(out_dtype)
+    return result.model.coefficients, result.model_image, matched, scalars, result.model.basis
+
+
+def batch_item(batch: Array, k: int) -> Array:
+    """``batch[k]`` without copying where possible.
+
+    On the CPU a JAX array's buffer is host memory: item ``k`` is then a view of it
+    (NumPy, read-only) handed back to JAX, which keeps it without a copy when it is
+    aligned as XLA needs (a copy otherwise). Elsewhere: ``batch[k]``.
+    """
+    if isinstance(batch, jax.core.Tracer) or _platform(batch) != "cpu":
+        return batch[k]
+    return jax.device_put(np.asarray(batch)[k])
+
+
+def _platform(array: Array) -> str:
+    try:
+        return next(iter(array.devices())).platform
+    except (AttributeError, StopIteration):
+        return ""
+
+
+def _cast_planes(exposure: Exposure, dtype) -> Exposure:
+    """``exposure`` with image and variance in ``dtype`` (inside the program: fused)."""
+    if exposure.image.dtype == dtype and exposure.variance.dtype == dtype:
+        return exposure
+    return eqx.tree_at(
+        lambda e: (e.image, e.variance),
+        exposure,
+        (exposure.image.astype(dtype), exposure.variance.astype(dtype)),
+    )
+
+
+def match_list(
+    reference: Exposure,
+    exposures: Sequence[Exposure],
+    config,
+    *,
+    roughness: float | Float[Array, ""] | None = None,
+) -> ListFit:
+    """Match each exposure of a list (one shape, dtype and plane set) to ``reference``.
+
+    The same fit as ``match(reference, stack_exposures(exposures), config,
+    roughness=roughness, raise_on_failure=False)``, without the stacked copy, and
+    with each model's image returned with it (see the module docstring). Raises
+    what `match` raises eagerly (shapes, config, mask planes).
+    """
+    exposures = list(exposures)
+    if config.usePolynomial and config.undersampleStyle == "INCREASE_NXNYSAMPLE":
+        # Re-binning is data-dependent (host round trips): the engine's own path.
+        return _via_match(reference, exposures, config, roughness)
+    _check_stackable(exposures, reference)
+    dtype = working_dtype(config, reference, exposures[0])
+    reference, _, bits_ref, bits_sci = traced_mask_bits(
+        reference, exposures[0], config.badMaskPlanes
+    )
+    exposures = [with_canonical_planes(e) for e in exposures]
+    hyper = hyperparameters(config, dtype, roughness, None, None)
+    plan_fit(config, reference.image.shape, config.binSize)  # eager shape checks
+    coefficients, images, matched, scalars, basis = _match_list_program(
+        reference, tuple(exposures), hyper, bits_ref, bits_sci, config, dtype
+    )
+    return _list_fit(coefficients, basis, images, matched, scalars)
+
+
+def _list_fit(coefficients, basis, images, matched, scalars) -> ListFit:
+    """Split batched results per exposure (views, not copies, on the CPU)."""
+    host = jax.device_get(scalars)
+    n = coefficients.shape[0]
+    models = [
+        EvaluatedModel(batch_item(coefficients, k), basis, batch_item(images, k)) for k in range(n)
+    ]
+    matched = [batch_item(matched, k) for k in range(n)]
+    return ListFit(models, matched, *(np.asarray(host[name]) for name in _SCALARS))
+
+
+def _check_stackable(exposures: list[Exposure], reference: Exposure) -> None:
+    """`stack_exposures`' checks (same shape, dtype, planes; single exposures)."""
+    if not exposures:
+        raise ValueError("cannot match an empty list of exposures")
+    first = exposures[0]
+    for i, exp in enumerate(exposures):
+        if not isinstance(exp, Exposure):
+            raise TypeError(f"exposure {i} is a {type(exp).__name__}, not an Exposure")
+        if exp.batch_shape:
+            raise ValueError(f"exposure {i} is already a batch of shape {exp.image.shape}")
+        if exp.image.shape != first.image.shape or exp.image.dtype != first.image.dtype:
+            raise ValueError(
+                f"exposure {i} has shape {exp.image.shape} and dtype {exp.image.dtype}, "
+                f"exposure 0 has {first.image.shape} and {first.image.dtype}"
+            )
+        if exp.mask_planes != first.mask_planes:
+            raise ValueError(
+                f"exposure {i} has mask planes {exp.getMaskPlaneDict()}, "
+                f"exposure 0 has {first.getMaskPlaneDict()}"
+            )
+    if reference.batch_shape or reference.image.shape != first.image.shape:
+        raise ValueError(
+            f"the exposures have shape {first.image.shape}, the reference "
+            f"{reference.image.shape}: they must be on the same pixel grid"
+        )
+
+
+def _via_match(reference, exposures, config, roughness) -> ListFit:
+    """`match` on the stacked batch, the images evaluated afterwards (one program)."""
+    result = match(
+        reference, stack_exposures(exposures), config, roughness=roughness, raise_on_failure=False
+    )
+    images = grid_image(result.model.coefficients, result.model.basis)
+    matched = result.matched.astype(exposures[0].image.dtype)
+    scalars = {name: getattr(result, name) for name in _SCALARS}
+    return _list_fit(result.model.coefficients, result.model.basis, images, matched, scalars)
+
+
+@filter_jit
+def _statistics_program(images, masks, bits):
+    """`reference_statistics` of every exposure (one compiled program, no stack)."""
+    rows = []
+    for image, mask, bit in zip(images, masks, bits):
+        usable = ((mask & bit) == 0) & jnp.isfinite(image)
+        rows.append(jnp.stack([jnp.asarray(v, float) for v in reference_statistics(image, usable)]))
+    return jnp.stack(rows)
+
+
+def reference_statistics_list(
+    exposures: Sequence[Exposure | None], bad_mask_planes: Sequence[str]
+) -> np.ndarray:
+    """``(N, 3)`` NumPy ``(variance, level, coverage)`` of each exposure over its usable
+    pixels (`reference_statistics`); NaN rows for None entries.
+
+    One compiled program for the whole list (the exposures are not stacked), instead
+    of a few array operations per exposure dispatched one by one.
+    """
+    present = [k for k, e in enumerate(exposures) if e is not None]
+    out = np.full((len(exposures), 3), np.nan)
+    if present:
+        chosen = [exposures[k] for k in present]
+        stats = _statistics_program(
+            tuple(e.image for e in chosen),
+            tuple(e.mask for e in chosen),
+            tuple(e.bitmask(bad_mask_planes) for e in chosen),
+        )
+        out[present] = np.asarray(stats, dtype=float)
+    return out
