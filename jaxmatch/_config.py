@@ -16,7 +16,7 @@ import tomllib
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from ._exceptions import FieldValidationError
 
@@ -389,7 +389,10 @@ class Config:
     def __init_subclass__(cls, frozen: type | None = None, **kwargs: Any):
         super().__init_subclass__(**kwargs)
         if frozen is not None:
-            if not (dataclasses.is_dataclass(frozen) and frozen.__dataclass_params__.frozen):
+            # typeshed's DataclassInstance does not declare __dataclass_params__
+            if not (
+                dataclasses.is_dataclass(frozen) and frozen.__dataclass_params__.frozen  # pyright: ignore[reportAttributeAccessIssue]
+            ):
                 raise TypeError(f"{cls.__name__}: frozen= must be a frozen dataclass")
             cls.Frozen = frozen
 
@@ -406,7 +409,7 @@ class Config:
         self.update(**values)
 
     @classmethod
-    def fromFrozen(cls, frozen: Any) -> Config:
+    def fromFrozen(cls, frozen: Any) -> Self:
         """A mutable config holding the values of a ``Frozen`` instance."""
         if not isinstance(frozen, cls.Frozen):
             raise TypeError(f"expected a {cls.Frozen.__name__}, got {type(frozen).__name__}")
@@ -628,7 +631,9 @@ class Config:
             return other == self.staticKey()
         return NotImplemented
 
-    __hash__ = None  # mutable: use `snapshot()` or `staticKey()` as a key
+    # mutable: use `snapshot()` or `staticKey()` as a key (None: the standard way to
+    # make a class unhashable, which the checker does not accept against object's)
+    __hash__ = None  # pyright: ignore[reportAssignmentType]
 
     def __repr__(self) -> str:
         items = ", ".join(f"{name}={value!r}" for name, value in self.toDict().items())

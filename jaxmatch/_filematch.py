@@ -205,11 +205,13 @@ def match_files(
         if len(f.slots) == 1:  # single images of every layout are matched together
             f.names = {SINGLE: f.slots[0].key}
             f.slots = [f.slots[0]._replace(key=SINGLE)]
+    planned: list[Outputs] = []
     for f in entries:
         keys = [s.key for s in f.slots] or [SINGLE]
         f.outputs = output_names(out, f.path, keys, model_image)
-    plan_outputs([f.outputs for f in entries], [f.path for f in entries], table)
-    prepare_out(out, [p for f in entries for _, p in f.outputs.paths()], table, say)
+        planned.append(f.outputs)
+    plan_outputs(planned, [f.path for f in entries], table)
+    prepare_out(out, [p for o in planned for _, p in o.paths()], table, say)
     for f in entries:
         if f.error:
             say(f"skipping {f.path}: {f.error}")
@@ -568,14 +570,16 @@ def _reference_digest(entries, references, f: _File) -> str:
 def _resumable(f: _File, digest: str, refs: str) -> tuple[bool, str]:
     """(keep, why not): whether ``f``'s outputs were made by this very run."""
     o = f.outputs
+    assert o is not None  # planned before any file is matched
     needed = [o.matched, *([o.model_image] if o.model_image else [])]
     if not o.matched.exists():
         return False, ""
     try:
         with fits.open(o.matched) as hdus:
-            primary = hdus[0].header.copy()
+            # astropy's annotations type the items of an HDUList as HDUList
+            primary = hdus[0].header.copy()  # pyright: ignore[reportAttributeAccessIssue]
             recorded = {
-                slot.key: hdus[slot.index].header.copy()
+                slot.key: hdus[slot.index].header.copy()  # pyright: ignore[reportAttributeAccessIssue]
                 for slot in f.slots
                 if slot.index < len(hdus)
             }
@@ -606,6 +610,7 @@ def _write_outputs(f: _File, n, entries, references, results, config, digest) ->
     from ._persist import _model_image, writeModel
 
     o = f.outputs
+    assert o is not None  # planned before any file is matched
     source_name = ascii_card_text(f.path.name)
     primary = [
         fits.Card("JMINPUT", source_name, "jaxmatch: input file (percent-encoded)"),
@@ -621,7 +626,8 @@ def _write_outputs(f: _File, n, entries, references, results, config, digest) ->
         for slot in f.slots:
             r = references[slot.key]
             ref_name = ascii_card_text(entries[r].path.name)
-            data = native(hdus[slot.index].data)
+            # astropy's annotations type the items of an HDUList as HDUList
+            data = native(hdus[slot.index].data)  # pyright: ignore[reportAttributeAccessIssue]
             data = data if np.issubdtype(data.dtype, np.floating) else data.astype(np.float32)
             own = [fits.Card("JMREF", ref_name, "jaxmatch: the reference file")]
             if r == n:
@@ -777,8 +783,9 @@ def summary_table(rows: Sequence[Any], config=None):
             columns[name] = values
     table = Table(columns, names=names)
     if config is not None:
-        table.meta["config"] = config.toDict()
-        table.meta["config_digest"] = config_digest(config)
+        # astropy annotates Table.meta as optional; a Table always has a meta dict
+        table.meta["config"] = config.toDict()  # pyright: ignore[reportOptionalSubscript]
+        table.meta["config_digest"] = config_digest(config)  # pyright: ignore[reportOptionalSubscript]
     return table
 
 

@@ -27,7 +27,7 @@ import urllib.parse
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, overload
 
 import numpy as np
 from astropy.io import fits
@@ -73,7 +73,8 @@ def open_fits(path: Path) -> Iterator[fits.HDUList]:
 
 def image_slots(hdus: fits.HDUList) -> list[ImageSlot]:
     """The images of an open file (see the module docstring), in file order."""
-    names = [h.name.upper() for h in hdus]
+    # astropy's annotations type the items of an HDUList as HDUList
+    names = [h.name.upper() for h in hdus]  # pyright: ignore[reportAttributeAccessIssue]
     if "IMAGE" in names and ("MASK" in names or "VARIANCE" in names):
         return [ImageSlot(names.index("IMAGE"), "IMAGE", True)]
     slots, seen = [], set()
@@ -112,7 +113,8 @@ def read_slot(
     ``max(image, 0) / gain + read_noise²`` [ADU²] when either is given, else
     estimated (`jaxmatch.estimate_variance`).
     """
-    image = native(hdus[slot.index].data)
+    # astropy's annotations type the items of an HDUList as HDUList
+    image = native(hdus[slot.index].data)  # pyright: ignore[reportAttributeAccessIssue]
     if image is None or image.ndim != 2:
         shape = None if image is None else image.shape
         raise ValueError(f"{path}[{slot.key}]: the image must be 2-D, got {shape}")
@@ -120,7 +122,8 @@ def read_slot(
     mask = variance = None
     planes = dict(DEFAULT_MASK_PLANES)
     if slot.lsst:
-        names = {h.name.upper(): h for h in hdus}
+        # astropy's annotations type the items of an HDUList as HDUList
+        names: dict[str, Any] = {h.name.upper(): h for h in hdus}  # pyright: ignore[reportAttributeAccessIssue]
         if "MASK" in names:
             mask = native(names["MASK"].data).astype(np.int32)
             planes = mask_planes(names["MASK"].header)
@@ -191,7 +194,11 @@ def ascii_card_text(text: str) -> str:
     return urllib.parse.quote(text, safe=" !#$&'()*+,-./:;=?@[]^_`{|}~")
 
 
-def native(data):
+@overload
+def native(data: None) -> None: ...
+@overload
+def native(data: Any) -> np.ndarray: ...
+def native(data: Any) -> np.ndarray | None:
     """The array in native byte order (FITS is big-endian)."""
     if data is None:
         return None

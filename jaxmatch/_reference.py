@@ -75,12 +75,14 @@ All functions are pure and jittable. The statistics take one exposure; map
 them over a batch with ``jax.vmap(reference_statistics)``.
 """
 
+from typing import cast
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from ._binning import cell_centres, cell_edges, grid_statistics
+from ._binning import CellStats, cell_centres, cell_edges, grid_statistics
 
 __all__ = [
     "reference_statistics",
@@ -290,8 +292,9 @@ def gen3_reference_statistics(
     usable = usable & jnp.isfinite(image)
     h, w = image.shape
     edges_y, edges_x = cell_edges(h, bin_size), cell_edges(w, bin_size)
-    value, s, _, n = grid_statistics(
-        image, usable, edges_y, edges_x, "MEANCLIP", num_sigma_clip, num_iter
+    value, s, _, n = cast(  # without `pooled` it returns one CellStats
+        CellStats,
+        grid_statistics(image, usable, edges_y, edges_x, "MEANCLIP", num_sigma_clip, num_iter),
     )
     var_bin = s * s
     valid = (n >= 2) & jnp.isfinite(value) & jnp.isfinite(var_bin)

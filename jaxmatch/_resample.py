@@ -134,8 +134,10 @@ def increase_nxnysample(
         redo = refit(idx, grid)
         # A re-binned grid left with no valid cell is still an undersampling failure.
         codes = redo.status  # type: ignore[attr-defined]
+        # R is the engine's (dataclass) batch result; the TypeVar does not say so
         redo = dataclasses.replace(  # type: ignore[type-var]
-            redo, status=jnp.where(codes == NO_OVERLAP, UNDERSAMPLED, codes)
+            redo,  # pyright: ignore[reportArgumentType]
+            status=jnp.where(codes == NO_OVERLAP, UNDERSAMPLED, codes),
         )
         result = set_rows(result, idx, redo)
     return result

@@ -374,7 +374,7 @@ def simulate_patch(
     n_exposures: int = 4,
     shape: tuple[int, int] = (256, 256),
     *,
-    seed: int = 0,
+    seed: int | tuple[int, ...] = 0,
     n_stars: int | None = None,
     n_galaxies: int | None = None,
     sky_level: float = 1000.0,

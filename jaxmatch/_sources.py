@@ -27,6 +27,7 @@ from __future__ import annotations
 import warnings
 from typing import NamedTuple
 
+import jax.numpy as jnp
 import numpy as np
 
 from ._exposure import Exposure, estimate_variance
@@ -89,7 +90,7 @@ def source_mask(image: np.ndarray, usable: np.ndarray, detection: Detection) -> 
 
 def _pixel_noise(image: np.ndarray, usable: np.ndarray) -> float:
     noisy = np.where(usable, image, np.nan).astype(np.float32)  # σ needs no more digits
-    variance = estimate_variance(noisy, np.zeros(image.shape, np.int32))
+    variance = estimate_variance(jnp.asarray(noisy), jnp.zeros(image.shape, jnp.int32))
     return float(np.sqrt(np.asarray(variance)[0, 0]))
 
 

@@ -23,7 +23,7 @@ import logging
 import time
 import weakref
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import equinox as eqx
 
@@ -37,6 +37,10 @@ class Struct:
     def __init__(self, **keyArgs: Any):
         for name, value in keyArgs.items():
             self._add(name, value)
+
+    if TYPE_CHECKING:  # the items are set at run time: any attribute may be one
+
+        def __getattr__(self, name: str) -> Any: ...
 
     def _add(self, name: str, value: Any) -> None:
         if name.startswith("__"):  # LSST refuses these too (it raises RuntimeError)

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -197,7 +197,9 @@ def read_results(butler, visit_ids, truths) -> list[dict]:
             diag = butler.get("deepCoadd_directWarp_jaxmatchDiagnostics", data_id)
             ref = visit_ids.index(diag["refVisit"])
             difference = truth.backgrounds[ref] - truth.backgrounds[v]
-            row = dict(diag, patch=truth.patch, before=float(np.sqrt(np.mean(difference**2))))
+            row: dict[str, Any] = dict(
+                diag, patch=truth.patch, before=float(np.sqrt(np.mean(difference**2)))
+            )
             if diag["fitted"]:
                 model = butler.get("deepCoadd_directWarp_jaxmatchBackground", data_id)
                 residual = difference - np.asarray(model.getImage(), dtype=np.float64)

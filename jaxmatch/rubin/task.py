@@ -28,14 +28,15 @@ import dataclasses
 import logging
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 from lsst.utils.timer import timeMethod
 
-from .. import BackgroundModel, Basis, Exposure, MatchBackgroundsConfig, MatchBackgroundsTask, tune
+from .. import BackgroundModel, Exposure, MatchBackgroundsConfig, MatchBackgroundsTask, tune
+from .._basis import basis_from_fields
 from .._config import (  # the allowed values, kept in one place
     CHEBYSHEV_TERMS,
     DTYPES,
@@ -92,7 +93,10 @@ class MatchBackgroundsConnections(
 
     def __init__(self, *, config=None):
         super().__init__(config=config)
-        if config is not None and not config.doWriteMatchedWarps:
+        if (
+            config is not None
+            and not cast(MatchBackgroundsPipelineConfig, config).doWriteMatchedWarps
+        ):
             del self.matchedWarps
 
 
@@ -135,7 +139,7 @@ def _pex_field(field: dataclasses.Field, doc: str) -> pexConfig.Field:
     base = type_name.removesuffix("|None")
     default = field.default
     if base == "tuple[str,...]":
-        return pexConfig.ListField(dtype=str, doc=doc, default=list(default))
+        return pexConfig.ListField(dtype=str, doc=doc, default=list(cast(tuple[str, ...], default)))
     if field.name in _CHOICES:
         allowed = {choice: f"{field.name} = {choice}" for choice in _CHOICES[field.name]}
         return pexConfig.ChoiceField(
@@ -212,6 +216,7 @@ class MatchBackgroundsPipelineTask(pipeBase.PipelineTask):
 
     ConfigClass = MatchBackgroundsPipelineConfig
     _DefaultName = "matchBackgrounds"
+    config: MatchBackgroundsPipelineConfig
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -256,7 +261,8 @@ class MatchBackgroundsPipelineTask(pipeBase.PipelineTask):
         config = self.config.toMatchConfig()
         if self.config.doTune and len(warps) > 1:
             config = self._tuned(warps, config)
-        core = MatchBackgroundsTask(config, log=self.log.getChild("core"))
+        # an LsstLogAdapter (a logging.LoggerAdapter) serves the core task as a Logger
+        core = MatchBackgroundsTask(config, log=self.log.getChild("core"))  # pyright: ignore[reportArgumentType]
         infos = core.run(warps, "warp").backgroundInfoList
         ref = next(i for i, info in enumerate(infos) if info.isReference)
         models = [info.backgroundModel for info in infos]
@@ -313,8 +319,9 @@ def _zero_like(models: list[BackgroundModel | None], warp: Exposure) -> Backgrou
     fitted = next((m for m in models if m is not None), None)
     if fitted is not None:
         return BackgroundModel(jnp.zeros_like(fitted.coefficients), fitted.basis)
-    shape = tuple(int(s) for s in warp.image.shape[-2:])
-    return BackgroundModel(jnp.zeros((1, 1), warp.image.dtype), Basis("CHEBYSHEV", shape))
+    h, w = (int(s) for s in warp.image.shape[-2:])
+    basis = basis_from_fields("CHEBYSHEV", (h, w))
+    return BackgroundModel(jnp.zeros((1, 1), warp.image.dtype), basis)
 
 
 def _diagnostics(

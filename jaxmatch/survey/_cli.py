@@ -112,8 +112,10 @@ def _command(args, config) -> int:
             )
     except SurveyUsageError as err:
         raise UsageError(str(err)) from None
-    failed = sorted({p for p, s in zip(survey["patch"], survey["patch_status"]) if s != "ok"})
-    patches = len(set(survey["patch"]))
+    # astropy annotates Table[name] as a union that includes Table (not iterable)
+    patch, status = survey["patch"], survey["patch_status"]
+    failed = sorted({p for p, s in zip(patch, status) if s != "ok"})  # pyright: ignore[reportArgumentType]
+    patches = len(set(patch))  # pyright: ignore[reportArgumentType]
     print(
         f"jaxmatch: {patches - len(failed)} of {patches} patch(es) matched into {args.out}"
         + (f"; failed: {', '.join(failed)}" if failed else ""),

@@ -9,6 +9,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import cast
 
 from ._records import INSTALL_HINT, PatchJob, PatchResult, SurveyUsageError
 from ._table import survey_table, write_table
@@ -179,7 +180,8 @@ def run_survey(
 
 def _has_bokeh() -> bool:
     try:
-        import bokeh  # noqa: F401
+        # bokeh is optional (the dask dashboard): not installed where the checker runs
+        import bokeh  # noqa: F401  # pyright: ignore[reportMissingImports]
     except ImportError:
         return False
     return True
@@ -237,7 +239,7 @@ def _gather(distributed, client, jobs, progress, on_result) -> list[PatchResult]
     finally:
         if bar is not None:
             bar.close()
-    return results
+    return cast("list[PatchResult]", results)  # every job has its result by now
 
 
 def _bar(total: int):

@@ -37,7 +37,7 @@ _COMPILES = [0]
 _LISTENING = [False]
 
 
-def _count_compile(event: str, duration: float, **kwargs) -> None:
+def _count_compile(event: str, duration_secs: float, **kwargs) -> None:
     if event == "/jax/core/compile/backend_compile_duration":
         _COMPILES[0] += 1
 
@@ -49,7 +49,8 @@ def _prepare_process(cache: str | None) -> None:
     if not _LISTENING[0]:
         jax.monitoring.register_event_duration_secs_listener(_count_compile)
         _LISTENING[0] = True
-    if cache is not None and jax.config.jax_compilation_cache_dir != cache:
+    # jax's Config declares its options at run time: the checker does not see them
+    if cache is not None and jax.config.jax_compilation_cache_dir != cache:  # pyright: ignore[reportAttributeAccessIssue]
         jax.config.update("jax_compilation_cache_dir", cache)
         # jaxmatch compiles ~100 small programs per configuration: keep them all.
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
