@@ -258,7 +258,6 @@ _FAMILIES: dict[str, type[AbstractBasis]] = {"CHEBYSHEV": ChebyshevBasis, "SPLIN
 def basis_from_fields(
     kind: str,
     shape: tuple[int, int],
-    *,
     order_y: int = 0,
     order_x: int = 0,
     style: str = "",
@@ -266,7 +265,8 @@ def basis_from_fields(
     knots_x: tuple[float, ...] = (),
 ) -> AbstractBasis:
     """The basis named by ``kind`` (``CHEBYSHEV`` or ``SPLINE``) from the fields of the
-    model-file format; the fields of the other family are ignored."""
+    model-file format (in the order of the former ``Basis`` record, so positional
+    calls keep working); the fields of the other family are ignored."""
     if kind not in _FAMILIES:
         raise ValueError(f"kind must be one of {tuple(_FAMILIES)}, got {kind!r}")
     fields = dict(order_y=order_y, order_x=order_x, style=style, knots_y=knots_y, knots_x=knots_x)

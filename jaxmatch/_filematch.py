@@ -190,7 +190,8 @@ def match_files(
     ref_path = None if ref is None else Path(ref).resolve()
     if table is not None:
         table_format(table)
-        if not table.parent.is_dir():
+        # The table may go into --out, which is created before any work.
+        if not table.parent.is_dir() and table.parent.resolve() != out.resolve():
             raise OSError(f"cannot write --table {table}: the folder {table.parent} does not exist")
 
     # 1. the plan, from the headers only
