@@ -78,6 +78,7 @@ from ._match import (
     prepare_fit,
 )
 from ._model import BackgroundModel
+from ._solve import RIDGE_PER_CELL, regulariser_rows, solve_pair_blocks
 
 _log = logging.getLogger(__name__)
 
@@ -340,10 +341,19 @@ def pair_data(exposures, pairs, hyper, bits, config, plan) -> dict:
 def solve_pairs(w, z, valid, pairs, groups, gauge, hyper, config, plan, n, with_covariance):
     """The joint least-squares solve from per-pair bins (weights ``w`` ``(P, M)``).
 
+    The problem of the module docstring, by `jaxmatch._solve.solve_pair_blocks`
+    (per-exposure whitening by QR, the block system of the overlap graph by
+    Cholesky, iterative refinement; docs/algorithm.md §10), gauge exposures
+    eliminated. ``"MEAN"``: solved with each group's gauge exposure pinned, then
+    each group's mean model is subtracted from its members (the differences, hence
+    the matched backgrounds relative to each other, are those of ``"REFERENCE"``).
+
     Returns a dict: ``coef`` ``(N, K)``, ``cov`` ``(N, K, K)`` (NaN unless
     ``with_covariance``), ``act`` (active terms), ``under`` (undersampled flags),
-    ``valid_union`` ``(N, ny, nx)``, ``w_bar`` (weight normaliser) and
-    ``n_constraints`` (number of gauge rows).
+    ``valid_union`` ``(N, ny, nx)``, ``w_bar`` (weight normaliser),
+    ``n_constraints`` (number of gauge rows), ``correction`` ``(N,)`` (rounding
+    error estimate of the whitened coefficients, in units of ``1/√w_bar``) and
+    ``graph_condition``.
     """
     dtype = z.dtype
     pairs = np.asarray(pairs).reshape(-1, 2)
@@ -353,52 +363,36 @@ def solve_pairs(w, z, valid, pairs, groups, gauge, hyper, config, plan, n, with_
     design = design_matrix(plan, dtype)
     n_valid = jnp.sum(valid)
     w_bar = jnp.sum(w) / jnp.maximum(n_valid, 1).astype(dtype)
-    # Per-pair blocks G = BᵀWB and h = BᵀWz, normalised so λ keeps the core's scale.
-    g = jnp.einsum("pm,mk,ml->pkl", w, design, design) / w_bar
-    h = jnp.einsum("pm,mk,pm->pk", w, design, z) / w_bar
-
-    # Assemble the block Laplacian (N, K, N, K) and the right-hand side.
-    a = jnp.zeros((n, k, n, k), dtype)
-    a = a.at[pi, :, pi, :].add(g).at[pj, :, pj, :].add(g)
-    a = a.at[pi, :, pj, :].add(-g).at[pj, :, pi, :].add(-g)
-    rhs = jnp.zeros((n, k), dtype).at[pj].add(h).at[pi].add(-h)
+    w_bar = jnp.where(w_bar > 0, w_bar, 1.0)
 
     # Per-exposure valid-bin union, active terms, status (as in the core).
     valid_union = jnp.zeros((n,) + valid.shape[1:], bool)
     valid_union = valid_union.at[pi].max(valid).at[pj].max(valid)
     valid_union = valid_union.reshape((n, len(plan.fit_y[0]), len(plan.fit_x[0])))
-    penalty_rows, floor, active, under = _penalty_and_terms(config, plan, valid_union, dtype)
-    pen = penalty_rows.T @ penalty_rows
-    mu = hyper["roughness"] + floor
+    penalty, floor, active, under = _penalty_and_terms(config, plan, valid_union, dtype)
+    sqrt_mu = jnp.sqrt(hyper["roughness"] + floor).astype(dtype)
     bins_of = jnp.sum(valid_union.reshape(n, -1), axis=1)
-    eps = 1e-10 * jnp.maximum(bins_of, 1).astype(dtype)
-    diag = mu * pen[None] + eps[:, None, None] * jnp.eye(k, dtype=dtype)[None]
-    a = a.at[jnp.arange(n), :, jnp.arange(n), :].add(diag)
+    sqrt_eps = jnp.sqrt(RIDGE_PER_CELL * jnp.maximum(bins_of, 1).astype(dtype))
     act = active.astype(dtype)  # (N, K)
-    a = a * act[:, :, None, None] * act[None, None, :, :]
-    a = a.at[jnp.arange(n), :, jnp.arange(n), :].add(jax.vmap(jnp.diag)(1 - act))
-    rhs = rhs * act
+    regulariser = jax.vmap(lambda se, a: regulariser_rows(penalty, sqrt_mu, se, a))(sqrt_eps, act)
 
-    # Gauge constraints, one K-block per group, and the KKT solve.
-    constraint = jnp.asarray(_constraints(groups, gauge, config.globalGauge, n, k), dtype)
-    nk, nc = n * k, constraint.shape[0]
-    kkt = jnp.block([[a.reshape(nk, nk), constraint.T], [constraint, jnp.zeros((nc, nc), dtype)]])
-    full_rhs = jnp.concatenate([rhs.reshape(nk), jnp.zeros(nc, dtype)])
-    # One factorisation only: two LAPACK calls side by side in one XLA CPU
-    # program can deadlock, so the covariance's inverse also gives the solution.
-    if with_covariance:
-        inverse = jnp.linalg.inv(kkt)
-        sol = inverse @ full_rhs
-        blocks = inverse[:nk, :nk].reshape(n, k, n, k)
-        cov = blocks[jnp.arange(n), :, jnp.arange(n), :] / w_bar
-        cov = cov * act[:, :, None] * act[:, None, :]  # inactive terms are exactly 0
-    else:
-        sol = jnp.linalg.solve(kkt, full_rhs)
-        cov = jnp.full((n, k, k), jnp.nan, dtype)
-    coef = sol[:nk].reshape(n, k)
-    if config.globalGauge == "REFERENCE":  # exactly 0, not 0 up to rounding
-        coef = jnp.where(jnp.asarray(gauge)[:, None], 0.0, coef)
-
+    # Pinned: one gauge exposure per group (both gauges) and every isolated one.
+    groups, gauge = np.asarray(groups), np.asarray(gauge, bool)
+    pinned = gauge | (groups < 0)
+    # Weights normalised by their mean so that λ keeps the core's scale.
+    sol = solve_pair_blocks(
+        design,
+        jnp.where(valid, w, 0.0) / w_bar,
+        jnp.where(valid, z, 0.0),
+        pairs,
+        regulariser,
+        act,
+        pinned,
+        with_covariance=with_covariance,
+        mix=_mean_gauge(groups) if config.globalGauge == "MEAN" else None,
+    )
+    coef, cov = sol["coef"], sol["cov"] / w_bar
+    n_constraints = k * (len(np.unique(groups[groups >= 0])) + int(np.sum(groups < 0)))
     return dict(
         coef=coef,
         cov=cov,
@@ -406,8 +400,21 @@ def solve_pairs(w, z, valid, pairs, groups, gauge, hyper, config, plan, n, with_
         under=under,
         valid_union=valid_union,
         w_bar=w_bar,
-        n_constraints=constraint.shape[0],
+        n_constraints=n_constraints,
+        correction=sol["correction"],
+        graph_condition=sol["graph_condition"],
     )
+
+
+def _mean_gauge(groups) -> np.ndarray:
+    """``I - S`` ``(N, N)``, ``S`` averaging each group's members: subtracting it
+    makes each group's mean model 0 (isolated exposures are kept as they are)."""
+    n = len(groups)
+    shift = np.zeros((n, n))
+    for label in np.unique(groups[groups >= 0]):
+        members = np.flatnonzero(groups == label)
+        shift[np.ix_(members, members)] = 1.0 / len(members)
+    return np.eye(n) - shift
 
 
 def _pair_weights(config, pi, pj, n, e2, w_pair, valid):
@@ -446,29 +453,6 @@ def _penalty_and_terms(config, plan, valid_union, dtype):
         return rows, floor, active.reshape(n, -1), under
     k = int(np.prod(plan.basis.coefficient_shape))
     return rows, floor, jnp.ones((n, k), bool), jnp.zeros(n, bool)
-
-
-def _constraints(groups, gauge, mode, n, k) -> np.ndarray:
-    """Gauge constraint rows ``(G·K, N·K)``: per group, the gauge exposure's
-    coefficients (``REFERENCE``) or the group mean (``MEAN``) vanish. An isolated
-    exposure (group -1) is pinned to 0 as its own group (it is a failure anyway)."""
-    rows = []
-    labels = list(np.unique(groups[groups >= 0])) + [("iso", i) for i in np.flatnonzero(groups < 0)]
-    for label in labels:
-        if isinstance(label, tuple):
-            members, weights = [label[1]], [1.0]
-        else:
-            members = list(np.flatnonzero(groups == label))
-            if mode == "MEAN":
-                weights = [1.0 / len(members)] * len(members)
-            else:
-                members = [m for m in members if gauge[m]][:1]
-                weights = [1.0]
-        block = np.zeros((k, n * k))
-        for m, wt in zip(members, weights):
-            block[:, m * k : (m + 1) * k] = wt * np.eye(k)
-        rows.append(block)
-    return np.concatenate(rows)
 
 
 def global_structure(exposures: Exposure, config: MatchBackgroundsConfig, reference: int = 0):
