@@ -63,6 +63,7 @@ from ._config import MatchBackgroundsConfig
 from ._diagnostics import matched_mse
 from ._exposure import Exposure
 from ._match import (
+    ILL_CONDITIONED,
     NAN_DIAGNOSTIC,
     NO_OVERLAP,
     NONFINITE,
@@ -78,7 +79,13 @@ from ._match import (
     prepare_fit,
 )
 from ._model import BackgroundModel
-from ._solve import RIDGE_PER_CELL, regulariser_rows, solve_pair_blocks
+from ._solve import (
+    RIDGE_PER_CELL,
+    ROUNDOFF_LIMIT,
+    global_roundoff,
+    regulariser_rows,
+    solve_pair_blocks,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -96,6 +103,13 @@ class GlobalResult(eqx.Module):
     - ``status`` ``(N,)``; ``group`` ``(N,)`` connected-group label (-1: isolated);
       ``gauge`` ``(N,)`` True for the exposures whose model the gauge fixes to 0
       (``"REFERENCE"``); ``pairs`` ``(P, 2)`` the pairs used; ``chi2_reduced``.
+    - Disconnected groups (docs/algorithm.md §10): ``gauge_index`` ``(N,)`` the
+      exposure each one was matched to — the gauge exposure of its group, whose
+      model is 0 (with ``globalGauge="MEAN"``: -1, the group's mean is 0; -1 for
+      an isolated exposure); ``matched_to_reference`` ``(N,)`` True for the
+      exposures in the reference's group; ``groups_unmatched`` ``()`` True when
+      the exposures form more than one group: the groups' backgrounds are not
+      matched to each other, and a coadd of all of them would mix them.
     """
 
     model: BackgroundModel
@@ -109,6 +123,9 @@ class GlobalResult(eqx.Module):
     gauge: Array
     pairs: Int[Array, "P 2"]
     chi2_reduced: Float[Array, ""]
+    gauge_index: Int[Array, " N"]
+    matched_to_reference: Array
+    groups_unmatched: Array
 
 
 def pair_overlaps(exposures: Exposure, config: MatchBackgroundsConfig) -> np.ndarray:
@@ -196,6 +213,7 @@ def match_global(
     num_sigma_clip=None,
     clip_sharpness=None,
     covariance: bool = True,
+    reference: int | None = None,
 ) -> GlobalResult:
     """The joint solve (jitted, differentiable in the images and λ, clip parameters).
 
@@ -208,6 +226,8 @@ def match_global(
         config: the `MatchBackgroundsConfig` (static).
         covariance: also compute the coefficient covariance (an inverse of the
             (N·K)² system: skip it for many spline knots; NaN when skipped).
+        reference: the reference exposure (for ``matched_to_reference``); default
+            the first gauge exposure.
     """
     if len(exposures.batch_shape) != 1:
         raise ValueError(f"exposures must be a batch (N, H, W), got {exposures.image.shape}")
@@ -227,6 +247,7 @@ def match_global(
         tuple(map(tuple, pairs.tolist())),
         tuple(int(g) for g in groups),
         tuple(bool(g) for g in gauge),
+        int(np.flatnonzero(gauge)[0]) if reference is None else int(reference),
     )
     return _match_global(exposures, hyper, bits, config, structure, covariance)
 
@@ -303,6 +324,10 @@ def _match_global(exposures, hyper, bits, config, structure, with_covariance):
     )
     nan = jnp.asarray(jnp.nan, dtype)
     status = jnp.where(ok & (jnp.isnan(rms) | jnp.isnan(var_i)), NAN_DIAGNOSTIC, status)
+    # Rounding error of the solve vs the statistical 1σ (docs/algorithm.md §10).
+    noise2 = (1.0 if config.approxWeighting else chi2 / dof) / w_bar
+    roundoff = global_roundoff(sol, groups, noise2, dtype)
+    status = jnp.where((status == SUCCESS) & (roundoff > ROUNDOFF_LIMIT), ILL_CONDITIONED, status)
     return GlobalResult(
         model=model,
         matched=matched,
@@ -315,7 +340,59 @@ def _match_global(exposures, hyper, bits, config, structure, with_covariance):
         gauge=jnp.asarray(gauge),
         pairs=jnp.asarray(pairs, jnp.int32),
         chi2_reduced=chi2_red,
+        gauge_index=jnp.asarray(gauge_indices(groups, gauge, config.globalGauge), jnp.int32),
+        matched_to_reference=jnp.asarray(_in_reference_group(groups, gauge, structure)),
+        groups_unmatched=jnp.asarray(len(np.unique(groups[groups >= 0])) > 1),
     )
+
+
+def gauge_indices(groups: np.ndarray, gauge: np.ndarray, mode: str = "REFERENCE") -> np.ndarray:
+    """The gauge exposure of each exposure's group ``(N,)`` (-1: isolated, or
+    ``mode == "MEAN"``, where no exposure is the gauge)."""
+    groups, gauge = np.asarray(groups), np.asarray(gauge, bool)
+    out = np.full(len(groups), -1, dtype=np.int64)
+    if mode != "REFERENCE":
+        return out
+    for label in np.unique(groups[groups >= 0]):
+        members = np.flatnonzero(groups == label)
+        pinned = members[gauge[members]]
+        out[members] = pinned[0] if pinned.size else -1
+    return out
+
+
+def _in_reference_group(groups, gauge, structure) -> np.ndarray:
+    """True for the exposures in the reference's group (``structure[3]``: the
+    reference index; the first gauge exposure when not given)."""
+    groups = np.asarray(groups)
+    reference = structure[3] if len(structure) > 3 else int(np.flatnonzero(gauge)[0])
+    if groups[reference] < 0:
+        return np.arange(len(groups)) == reference
+    return groups == groups[reference]
+
+
+def group_summary(result: GlobalResult) -> str | None:
+    """One log line describing the groups of a global result, or None when every
+    exposure is in one group (host side)."""
+    groups = np.asarray(result.group)
+    labels = sorted(set(groups[groups >= 0].tolist()))
+    isolated = np.flatnonzero(groups < 0).tolist()
+    if len(labels) <= 1 and not isolated:
+        return None
+    gauges = np.asarray(result.gauge_index)
+    parts = []
+    for label in labels:
+        members = np.flatnonzero(groups == label).tolist()
+        gauge = int(gauges[members[0]])
+        name = gauge if gauge >= 0 else "their mean"
+        parts.append(f"group {label}: exposures {members} matched to {name}")
+    count = f"{len(labels)} groups with no overlap between them" if len(labels) > 1 else "1 group"
+    text = f"global matching: {count}: " + "; ".join(parts)
+    if len(labels) > 1:
+        text += "; only the reference's group is matched to the reference, the groups are "
+        text += "not matched to each other (do not coadd them together)"
+    if isolated:
+        text += f"; exposure(s) {isolated} overlap no other exposure (not matched)"
+    return text
 
 
 def pair_data(exposures, pairs, hyper, bits, config, plan) -> dict:
@@ -402,6 +479,7 @@ def solve_pairs(w, z, valid, pairs, groups, gauge, hyper, config, plan, n, with_
         w_bar=w_bar,
         n_constraints=n_constraints,
         correction=sol["correction"],
+        whitened_norm=sol["whitened_norm"],
         graph_condition=sol["graph_condition"],
     )
 
@@ -482,7 +560,8 @@ def match_all(
     """Global matching of a batch: overlaps → pairs → groups → `match_global`.
 
     ``reference`` is the gauge exposure of its group. Disconnected groups are
-    reported with a warning (``result.group``); isolated exposures fail
+    reported with a warning (`group_summary`; ``result.group``, ``gauge_index``,
+    ``matched_to_reference``, ``groups_unmatched``); isolated exposures fail
     (``NO_OVERLAP``). Outside a transformation, ``raise_on_failure`` raises
     `ValueError` naming failed exposures.
     """
@@ -493,17 +572,6 @@ def match_all(
     if not 0 <= reference < n:
         raise ValueError(f"reference index {reference} is not in 0..{n - 1}")
     pairs, groups, gauge = global_structure(exposures, config, reference)
-    labels = sorted(set(groups[groups >= 0].tolist()))
-    if len(labels) > 1:
-        _log.warning(
-            "global matching: the exposures form %d groups with no overlap between them "
-            "(group of each exposure: %s); each group has its own gauge",
-            len(labels),
-            groups.tolist(),
-        )
-    isolated = np.flatnonzero(groups < 0)
-    if isolated.size:
-        _log.warning("global matching: exposure(s) %s overlap no other exposure", isolated.tolist())
     result = match_global(
         exposures,
         pairs,
@@ -514,7 +582,12 @@ def match_all(
         num_sigma_clip=num_sigma_clip,
         clip_sharpness=clip_sharpness,
         covariance=covariance,
+        reference=reference,
     )
+    if not isinstance(result.status, jax.core.Tracer):
+        note = group_summary(result)
+        if note:
+            _log.warning("%s", note)
     if raise_on_failure and not isinstance(result.status, jax.core.Tracer):
         check_result(result)
     return result

@@ -31,11 +31,19 @@ from ._config import MatchBackgroundsConfig
 from ._diagnostics import centre_pixels, fit_rms, matched_mse
 from ._exposure import Exposure
 from ._model import BackgroundModel, Basis
-from ._solve import solve_least_squares
+from ._solve import (
+    ILL_CONDITIONED_MESSAGE,
+    RIDGE_PER_CELL,
+    ROUNDOFF_LIMIT,
+    fit_roundoff,
+    solve_least_squares,
+    warn_ill_conditioned,
+)
 from ._spline import DEGREE, MIN_POINTS, difference_matrix, knots, max_style
 
 # Status codes (docs/algorithm.md §9), returned per exposure from inside jit.
 SUCCESS, NO_OVERLAP, UNDERSAMPLED, NONFINITE, NAN_DIAGNOSTIC = 0, 1, 2, 3, 4
+ILL_CONDITIONED = 5
 STATUS_MESSAGES = {
     SUCCESS: "success",
     NO_OVERLAP: "no usable bin: no overlap with the reference (every pixel masked or NaN)",
@@ -45,9 +53,10 @@ STATUS_MESSAGES = {
         "fitted and applied, but a diagnostic is undefined (NaN): no usable pixel with a "
         "finite variance (diffImVar) or no diagnostic bin with 2 usable pixels (fitRMS)"
     ),
+    ILL_CONDITIONED: ILL_CONDITIONED_MESSAGE,
 }
 # The codes whose model is valid and applied (the others are failures).
-FITTED = (SUCCESS, NAN_DIAGNOSTIC)
+FITTED = (SUCCESS, NAN_DIAGNOSTIC, ILL_CONDITIONED)
 
 
 def fitted(status: Array) -> Array:
@@ -59,8 +68,7 @@ def fitted(status: Array) -> Array:
 # only keeps d(result)/dλ finite at λ = 0 (the penalty enters as √λ).
 SPLINE_ROUGHNESS_FLOOR = 1e-6
 CHEBYSHEV_ROUGHNESS_FLOOR = 1e-12
-# ε = RIDGE_PER_CELL · (valid cells): the rank guard of the solve (§6).
-RIDGE_PER_CELL = 1e-10
+# ε = RIDGE_PER_CELL · (valid cells): the rank guard of the solve (§6), in _solve.
 
 
 class MatchResult(eqx.Module):
@@ -447,6 +455,9 @@ def _match_one(ref, sci, hyper, bits_ref, bits_sci, config, plan):
     mse = jnp.where(ok, matched_mse(diff, model, usable), nan)
     var = jnp.where(ok, fit["diff_im_var"], nan)
     status = jnp.where(ok & (jnp.isnan(rms) | jnp.isnan(var)), NAN_DIAGNOSTIC, status)
+    sigma_u = 1 / jnp.sqrt(mean_w) if config.approxWeighting else jnp.sqrt(chi2_red)
+    ill = fit_roundoff(fit, jnp.where(ok, coef, 0).reshape(-1), sigma_u) > ROUNDOFF_LIMIT
+    status = jnp.where((status == SUCCESS) & ill, ILL_CONDITIONED, status)
     grid_err = jnp.where(valid, err, jnp.nan)
     grid_val = jnp.where(valid, value, jnp.nan)
     return dict(
@@ -664,6 +675,7 @@ def check_result(result: MatchResult) -> None:
     Status 4 (``NAN_DIAGNOSTIC``: model valid, a diagnostic NaN) is not a failure.
     """
     status = np.asarray(result.status)
+    warn_ill_conditioned(status)
     bad = np.flatnonzero(~np.asarray(fitted(status)))
     if bad.size:
         lines = [f"exposure {i}: {STATUS_MESSAGES[int(status[i])]}" for i in bad]

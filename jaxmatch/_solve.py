@@ -16,6 +16,8 @@ time): the same problem, a smaller QR (16 × 16 spline knots: 512 rows, not 960)
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
@@ -92,6 +94,13 @@ RIDGE_PER_CELL = 1e-10
 #: A solve is flagged ``ILL_CONDITIONED`` when its estimated rounding error exceeds
 #: this fraction of the coefficients' statistical 1σ (docs/algorithm.md §6).
 ROUNDOFF_LIMIT = 0.05
+
+#: The status message of ``ILL_CONDITIONED`` (code 5, in `jaxmatch.STATUS_MESSAGES`).
+ILL_CONDITIONED_MESSAGE = (
+    "fitted and applied, but the solve's rounding error at this precision exceeds "
+    f"{ROUNDOFF_LIMIT} of the model's statistical 1 sigma: use dtype='float64' "
+    "(jax_enable_x64), a lower order or a larger binSize"
+)
 
 #: Steps of iterative refinement of the global solve on the original residual.
 REFINEMENT_STEPS = 2
@@ -181,22 +190,25 @@ def solve_pair_blocks(
     orthonormal in the ``Σ w``-weighted inner product) are products of
     well-scaled matrices. The block matrix left, ``A_d`` (N·K)², has the
     conditioning of the overlap graph alone (how well overlaps tie exposures to the
-    gauge), not that of the basis. Its Cholesky factor solves for ``d``; the gauge
-    exposures are eliminated (their rows and columns removed), so no Lagrange
-    multipliers and no indefinite matrix. ``refinement_steps`` steps of iterative
-    refinement on the original residual ``z - B(c_j - c_i)`` (in the working
-    dtype) then remove what the inexact whitening left.
+    gauge), not that of the basis. It is never formed either: each pair's rows
+    ``[-√w_p V_i | √w_p V_j]`` are compressed to 2K rows by a QR, stacked with the
+    whitened regularisers ``L_i R_i⁻¹``, and one QR of that stack gives ``R_d``
+    (``R_dᵀR_d = A_d``) and ``d``: accuracy ``cond(A_d)^½``. The gauge exposures
+    are eliminated (their columns removed, ``d = 0``), so no Lagrange multipliers
+    and no indefinite matrix. ``refinement_steps`` steps of iterative refinement
+    (corrected semi-normal equations with ``R_d``) on the original residual
+    ``z - B(c_j - c_i)`` then remove what the inexact whitening left.
 
     ``mix`` (N, N) (static, optional): return ``c'_i = Σ_j mix_ij c_j`` and its
     covariance instead (e.g. a gauge that subtracts each group's mean).
 
     Returns a dict: ``coef`` (N, K) (0 on pinned and inactive terms); ``cov``
     (N, K, K) ``= R_i⁻¹ [A_d⁻¹]_ii R_i⁻ᵀ`` (covariance in the units of ``1/w``;
-    NaN unless ``with_covariance``); ``correction`` (N,) the largest whitened
-    component of the last refinement step (its rounding error in the units of
-    ``d``, whose statistical 1σ is that of one unit of weight); ``graph_condition``
-    the condition number of ``A_d`` (1-norm, exact with the covariance, else the
-    Cholesky estimate ``(max l_ii / min l_ii)²``).
+    NaN unless ``with_covariance``); ``correction`` (N,) ``δ_iᵀ(A_d δ)_i`` of the
+    last refinement step ``δ`` (summed over a connected group: ``‖δ‖²_A``, the
+    squared size of the remaining rounding error in units of one unit of
+    weight's variance); ``whitened_norm`` (N,) ``|d_i|``; ``graph_condition``
+    the estimate ``(max |r_ii| / min |r_ii|)²`` of ``cond(A_d)``.
     """
     dtype = design.dtype
     n, _, k = regulariser.shape
@@ -208,29 +220,63 @@ def solve_pair_blocks(
     # Per-exposure whitening: R_i of S_i = [√(Σ w) B; L_i].
     w_sum = jnp.zeros((n, weights.shape[1]), dtype).at[pi].add(weights).at[pj].add(weights)
     s = jnp.concatenate([jnp.sqrt(w_sum)[:, :, None] * b_act, regulariser], axis=1)
-    r = jax.vmap(lambda a: jnp.linalg.qr(a, mode="r"))(s)[:, :k, :k]
+    # V_i = B R_i⁻¹ and L_i R_i⁻¹ are read off Q_i (orthonormal to rounding whatever
+    # cond(S_i)), not computed through R_i⁻¹: the whitened system stays exact.
+    q, r = jax.vmap(lambda a: jnp.linalg.qr(a, mode="reduced"))(s)
+    m = weights.shape[1]
+    root = jnp.sqrt(w_sum)
+    v = jnp.where(root[:, :, None] > 0, q[:, :m] / jnp.where(root > 0, root, 1)[:, :, None], 0)
+    g = q[:, m:]  # L_i R_i⁻¹
     eye = jnp.eye(k, dtype=dtype)
-    t = jax.vmap(lambda rr: jsl.solve_triangular(rr, eye, lower=False))(r)  # R_i⁻¹
-    v = jnp.einsum("nmk,nkl->nml", b_act, t)  # V_i = B R_i⁻¹
-    g = jnp.einsum("nrk,nkl->nrl", regulariser, t)  # L_i R_i⁻¹
 
-    # A_d: I on the diagonal blocks, -V_iᵀ W_p V_j off it; gauge rows eliminated.
-    off = jnp.einsum("pmk,pm,pml->pkl", v[pi], weights, v[pj])
-    a = jnp.zeros((n, k, n, k), dtype)
-    a = a.at[pi, :, pj, :].add(-off).at[pj, :, pi, :].add(-jnp.swapaxes(off, 1, 2))
-    a = a * free[:, None, None, None] * free[None, None, :, None]
-    a = a.at[jnp.arange(n), :, jnp.arange(n), :].add(eye[None])
-    a = a.reshape(n * k, n * k)
-    chol = jnp.linalg.cholesky(a)
+    def from_whitened(d):
+        """``c_i = R_i⁻¹ d_i`` (N, K) or (N, K, X), by triangular solves (backward
+        stable; LAPACK calls one after the other, never side by side)."""
+        c = jax.vmap(lambda rr, dd: jsl.solve_triangular(rr, dd, lower=False))(r, d)
+        return c * (active if d.ndim == 2 else active[:, :, None])
+
+    # The whitened stacked system, each pair's M rows compressed to 2K by a QR:
+    # pair p = (i, j): rows [-√w_p V_i | √w_p V_j | √w_p z_p]; exposure i: L_i R_i⁻¹.
+    # A gauge exposure's columns are removed from every row and replaced by a
+    # unit block (its d is 0).
+    sw = jnp.sqrt(weights)
+    rows_p = jnp.concatenate(
+        [
+            -(sw[:, :, None] * v[pi]) * free[pi][:, None, None],
+            (sw[:, :, None] * v[pj]) * free[pj][:, None, None],
+            (sw * values)[:, :, None],
+        ],
+        axis=2,
+    )  # (P, M, 2K + 1)
+    if rows_p.shape[1] < 2 * k + 1:  # fewer bins than columns: pad with zero rows
+        pad = jnp.zeros((len(pairs), 2 * k + 1 - rows_p.shape[1], 2 * k + 1), dtype)
+        rows_p = jnp.concatenate([rows_p, pad], axis=1)
+    packed = jax.vmap(lambda m: jnp.linalg.qr(m, mode="r"))(rows_p)[:, : 2 * k, :]
+    n_rows = len(pairs) * 2 * k + n * g.shape[1]
+    stack = jnp.zeros((n_rows, n, k), dtype)
+    rhs = jnp.zeros((n_rows,), dtype)
+    row_p = np.arange(len(pairs) * 2 * k).reshape(len(pairs), 2 * k)
+    stack = stack.at[row_p, pi[:, None], :].set(packed[:, :, :k])
+    stack = stack.at[row_p, pj[:, None], :].set(packed[:, :, k : 2 * k])
+    rhs = rhs.at[row_p].set(packed[:, :, 2 * k])
+    row_n = len(pairs) * 2 * k + np.arange(n * g.shape[1]).reshape(n, g.shape[1])
+    unit = jnp.concatenate([eye, jnp.zeros((g.shape[1] - k, k), dtype)])
+    reg = jnp.where(free[:, None, None] > 0, g, unit[None])
+    stack = stack.at[row_n, np.arange(n)[:, None], :].set(reg)
+    stack = stack.reshape(n_rows, n * k)
+    r_full = jnp.linalg.qr(jnp.concatenate([stack, rhs[:, None]], axis=1), mode="r")
+    r_d = r_full[: n * k, : n * k]  # R_dᵀ R_d = A_d, the whitened normal matrix
+    diag = jnp.abs(jnp.diagonal(r_d))
+    graph_condition = (jnp.max(diag) / jnp.min(diag)) ** 2  # estimate of cond(A_d)
     if with_covariance:
-        a_inv = jsl.cho_solve((chol, True), jnp.eye(n * k, dtype=dtype))
-        solve = lambda rhs: a_inv @ rhs  # noqa: E731
-        norm1 = lambda m: jnp.max(jnp.sum(jnp.abs(m), axis=0))  # noqa: E731
-        graph_condition = norm1(a) * norm1(a_inv)
+        r_inv = jsl.solve_triangular(r_d, jnp.eye(n * k, dtype=dtype), lower=False)
+        a_inv = r_inv @ r_inv.T
+        solve = lambda rhs_: a_inv @ rhs_  # noqa: E731
     else:
-        solve = lambda rhs: jsl.cho_solve((chol, True), rhs)  # noqa: E731
-        diag = jnp.abs(jnp.diagonal(chol))
-        graph_condition = (jnp.max(diag) / jnp.min(diag)) ** 2
+
+        def solve(rhs_):
+            y = jsl.solve_triangular(r_d, rhs_, lower=False, trans="T")
+            return jsl.solve_triangular(r_d, y, lower=False)
 
     def whitened_gradient(coef):
         """``T_iᵀ`` × (minus half the objective's gradient) at ``coef``, (N, K)."""
@@ -243,25 +289,88 @@ def solve_pair_blocks(
 
     def step(coef):
         delta = solve(whitened_gradient(coef).reshape(-1)).reshape(n, k) * free[:, None]
-        return coef + jnp.einsum("nkl,nl->nk", t, delta) * active, delta
+        return coef + from_whitened(delta), delta
 
-    coef, delta = step(jnp.zeros((n, k), dtype))
+    # The QR solution (Qᵀb is the last column of the R of [F | b]), then corrected
+    # semi-normal-equation steps R_dᵀ R_d δ = Tᵀ(-½ gradient) on the original problem.
+    qtb = r_full[: n * k, n * k]
+    if with_covariance:
+        d0 = r_inv @ qtb
+    else:
+        d0 = jsl.solve_triangular(r_d, qtb, lower=False)
+    d0 = d0.reshape(n, k) * free[:, None]
+    coef = from_whitened(d0)
+    delta = d0
     for _ in range(refinement_steps):
         coef, delta = step(coef)
-    correction = jnp.max(jnp.abs(delta), axis=1)
+    # The last step's size in the norm of the data fit, ‖δ‖²_A = |R_d δ|², split by
+    # exposure: δ_iᵀ (A_d δ)_i (summed over a connected group: its ‖δ‖²_A).
+    a_delta = (r_d.T @ (r_d @ delta.reshape(-1))).reshape(n, k)
+    correction = jnp.sum(delta * a_delta, axis=1)
     if mix is not None:
         coef = jnp.asarray(mix, dtype) @ coef
     if with_covariance and mix is None:
         blocks = a_inv.reshape(n, k, n, k)[jnp.arange(n), :, jnp.arange(n), :]
-        cov = jnp.einsum("nkl,nlm,npm->nkp", t, blocks, t)
-        cov = cov * (free[:, None, None] * active[:, :, None] * active[:, None, :])
+        half = from_whitened(blocks)  # R_i⁻¹ [A_d⁻¹]_ii
+        cov = from_whitened(jnp.swapaxes(half, 1, 2))  # R_i⁻¹ (R_i⁻¹ [A_d⁻¹]_ii)ᵀ
+        cov = cov * free[:, None, None]
     elif with_covariance:
-        # Full covariance of c = T d (pinned and inactive rows 0), then mixed.
-        scale = (free[:, None] * active)[:, :, None] * t  # (N, K, K)
-        a4 = a_inv.reshape(n, k, n, k)
-        full = jnp.einsum("nkl,nlmq,mpq->nkmp", scale, a4, scale)
+        # Full covariance of c = R⁻¹ d (pinned and inactive rows 0), then mixed.
+        a4 = a_inv.reshape(n, k, n * k)
+        left = from_whitened(a4).reshape(n, k, n, k)  # R_n⁻¹ A4[n, :, m, :]
+        right = jnp.transpose(left, (2, 3, 0, 1)).reshape(n, k, n * k)
+        full = from_whitened(right).reshape(n, k, n, k)  # [m, q, n, p]
+        full = full * free[:, None, None, None] * free[None, None, :, None]
         mixed = jnp.asarray(mix, dtype)
-        cov = jnp.einsum("in,nkmp,im->ikp", mixed, full, mixed)
+        cov = jnp.einsum("in,mqnp,im->ipq", mixed, full, mixed)
     else:
         cov = jnp.full((n, k, k), jnp.nan, dtype)
-    return dict(coef=coef, cov=cov, correction=correction, graph_condition=graph_condition)
+    return dict(
+        coef=coef,
+        cov=cov,
+        correction=correction,
+        whitened_norm=jnp.sqrt(jnp.sum(d0 * d0, axis=1)),
+        graph_condition=graph_condition,
+    )
+
+
+def fit_roundoff(fit: dict, coefficients: Float[Array, " k"], sigma_u) -> Float[Array, ""]:
+    """`roundoff_ratio` of a prepared single-reference fit (``prepare_fit``'s dict):
+    the estimated rounding error of its solve in units of the statistical 1σ
+    ``sigma_u`` of one unit of normalised weight."""
+    return roundoff_ratio(
+        fit["design"],
+        fit["sqrt_w"].reshape(-1),
+        fit["penalty"],
+        fit["sqrt_mu"],
+        fit["sqrt_eps"],
+        coefficients,
+        sigma_u,
+    )
+
+
+def global_roundoff(sol: dict, groups: np.ndarray, sigma2, dtype) -> Float[Array, " N"]:
+    """Estimated rounding error of the global solve per exposure, in units of the
+    statistical 1σ (``sigma2``: the variance of one unit of normalised weight).
+
+    The larger of (a) the a-priori estimate ``u √K |d_i| / σ`` (backward error of
+    the whitened QR, as in `roundoff_ratio`) and (b) the size of the last
+    refinement step in the norm of the data fit, ``‖δ‖_A / σ`` over the exposure's
+    connected group (``sol`` from `solve_pair_blocks`)."""
+    groups = np.asarray(groups)
+    k = sol["coef"].shape[1]
+    sigma = jnp.sqrt(sigma2)
+    prior = working_eps(dtype) * jnp.sqrt(k) * sol["whitened_norm"] / sigma
+    same = jnp.asarray((groups[:, None] == groups[None, :]) & (groups[:, None] >= 0), dtype)
+    post = jnp.sqrt(jnp.abs(same @ sol["correction"]) + jnp.abs(sol["correction"])) / sigma
+    return jnp.maximum(prior, post)
+
+
+def warn_ill_conditioned(status) -> None:
+    """Warn (`RuntimeWarning`) naming the exposures with status ``ILL_CONDITIONED``
+    (5): their models are applied but not trustworthy at the working precision."""
+    bad = np.flatnonzero(np.asarray(status) == 5)
+    if bad.size:
+        warnings.warn(
+            f"exposure(s) {bad.tolist()}: {ILL_CONDITIONED_MESSAGE}", RuntimeWarning, stacklevel=3
+        )
