@@ -86,6 +86,7 @@ from ._solve import (
     regulariser_rows,
     solve_pair_blocks,
 )
+from ._validate import check_match_arguments
 
 _log = logging.getLogger(__name__)
 
@@ -241,7 +242,8 @@ def match_global(
     dtype = _working_dtype(config, exposures)
     exposures = jax.tree.map(lambda a: a.astype(dtype) if a.dtype.kind == "f" else a, exposures)
     hyper = _hyperparameters(config, dtype, roughness, num_sigma_clip, clip_sharpness)
-    plan_fit(config, exposures.image.shape[1:], config.binSize)  # eager shape checks
+    plan = plan_fit(config, exposures.image.shape[1:], config.binSize)  # eager shape checks
+    check_match_arguments(config, roughness, num_sigma_clip, clip_sharpness, plan)
     bits = exposures.bitmask(config.badMaskPlanes)
     structure = (
         tuple(map(tuple, pairs.tolist())),

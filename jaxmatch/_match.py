@@ -40,6 +40,7 @@ from ._solve import (
     warn_ill_conditioned,
 )
 from ._spline import DEGREE, MIN_POINTS, difference_matrix, knots, max_style
+from ._validate import check_match_arguments
 
 # Status codes (docs/algorithm.md §9), returned per exposure from inside jit.
 SUCCESS, NO_OVERLAP, UNDERSAMPLED, NONFINITE, NAN_DIAGNOSTIC = 0, 1, 2, 3, 4
@@ -559,7 +560,8 @@ def match(
     bits_ref = reference.bitmask(config.badMaskPlanes)
     bits_sci = science.bitmask(config.badMaskPlanes)
     hyper = _hyperparameters(config, dtype, roughness, num_sigma_clip, clip_sharpness)
-    plan_fit(config, reference.image.shape, config.binSize)  # eager shape checks
+    plan = plan_fit(config, reference.image.shape, config.binSize)  # eager shape checks
+    check_match_arguments(config, roughness, num_sigma_clip, clip_sharpness, plan)
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     run = lambda sub: _match_batch(  # noqa: E731
