@@ -232,3 +232,49 @@ def test_task_global_float32_equals_float64(scene):
         models[name] = [np.asarray(s.backgroundModel.getImage(), np.float64) for s in infos[1:]]
     for k, (a, b) in enumerate(zip(models["float32"], models["float64"]), start=1):
         assert np.max(np.abs(a - b)[mask[k]]) <= 0.01 * sigma[k]
+
+
+# -- argument checks of match (jaxmatch._validate) ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_pair():
+    rng = np.random.default_rng(1)
+    ref = jm.Exposure(100 + rng.normal(0, 1, (32, 32)), None, np.ones((32, 32)))
+    sci = jm.Exposure(103 + rng.normal(0, 1, (32, 32)), None, np.ones((32, 32)))
+    return ref, sci
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(num_sigma_clip=-1.0), "num_sigma_clip"),
+        (dict(num_sigma_clip=0.0), "num_sigma_clip"),
+        (dict(roughness=-1.0), "roughness"),
+        (dict(roughness=float("nan")), "roughness"),
+        (dict(clip_sharpness=-2.0), "clip_sharpness"),
+    ],
+)
+def test_match_arguments_are_validated_like_config_fields(small_pair, kwargs, name):
+    ref, sci = small_pair
+    config = jm.MatchBackgroundsConfig(binSize=16, usePolynomial=True, order=1)
+    with pytest.raises(ValueError, match=name):
+        jm.match(ref, sci, config, **kwargs)
+
+
+def test_float64_without_x64_is_a_clear_error(small_pair, monkeypatch):
+    import jaxmatch._validate as validate
+
+    ref, sci = small_pair
+    monkeypatch.setattr(validate, "_x64_enabled", lambda: False)
+    config = jm.MatchBackgroundsConfig(binSize=16, usePolynomial=True, order=1, dtype="float64")
+    with pytest.raises(ValueError, match="jax_enable_x64"):
+        jm.match(ref, sci, config)
+
+
+def test_huge_spline_grids_are_refused_early():
+    """1024² with binSize 8: 128 × 128 knots, refused before any data pass."""
+    ref = jm.Exposure(np.zeros((1024, 1024), np.float32))
+    config = jm.MatchBackgroundsConfig(binSize=8, interpStyle="NATURAL_SPLINE")
+    with pytest.raises(ValueError, match="knots, more than the limit"):
+        jm.match(ref, ref, config)
