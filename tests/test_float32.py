@@ -278,3 +278,23 @@ def test_huge_spline_grids_are_refused_early():
     config = jm.MatchBackgroundsConfig(binSize=8, interpStyle="NATURAL_SPLINE")
     with pytest.raises(ValueError, match="knots, more than the limit"):
         jm.match(ref, ref, config)
+
+
+def test_fit_rms_does_not_underflow_in_cgs_units():
+    """Images in cgs flux units (~1e-17, noise ~1e-20) in float32: the squares of
+    the bin residuals (~1e-42) are below float32's normal range, yet fitRMS is the
+    float64 value (to 1%), not 0."""
+    rng = np.random.default_rng(2)
+    noise = 1e-20
+    ref = 1e-17 + rng.normal(0, noise, (64, 64))
+    sci = 1.2e-17 + rng.normal(0, noise, (64, 64))
+    var = np.full((64, 64), noise**2)
+    config = jm.MatchBackgroundsConfig(binSize=16, usePolynomial=True, order=1)
+    rms = {}
+    for name in ("float32", "float64"):
+        out = jm.match(
+            jm.Exposure(ref, None, var), jm.Exposure(sci, None, var), config.replace(dtype=name)
+        )
+        rms[name] = float(out.fitRMS[0])
+    assert rms["float64"] > 0
+    np.testing.assert_allclose(rms["float32"], rms["float64"], rtol=0.01)
