@@ -149,6 +149,9 @@ def roundoff_ratio(
     result with ``ρ >`` `ROUNDOFF_LIMIT` is not trustworthy at this precision.
     """
     dtype = design.dtype
+    design, sqrt_weights, coefficients, sigma_u = jax.lax.stop_gradient(
+        (design, sqrt_weights, coefficients, sigma_u)
+    )  # a status check: no gradient
     a2 = (
         jnp.sum(sqrt_weights[:, None] ** 2 * design**2)
         + sqrt_mu**2 * float(np.sum(np.asarray(penalty, np.float64) ** 2))
@@ -219,12 +222,12 @@ def solve_pair_blocks(
 
     # Per-exposure whitening: R_i of S_i = [√(Σ w) B; L_i].
     w_sum = jnp.zeros((n, weights.shape[1]), dtype).at[pi].add(weights).at[pj].add(weights)
-    s = jnp.concatenate([jnp.sqrt(w_sum)[:, :, None] * b_act, regulariser], axis=1)
+    root = _safe_sqrt(w_sum)
+    s = jnp.concatenate([root[:, :, None] * b_act, regulariser], axis=1)
     # V_i = B R_i⁻¹ and L_i R_i⁻¹ are read off Q_i (orthonormal to rounding whatever
     # cond(S_i)), not computed through R_i⁻¹: the whitened system stays exact.
     q, r = jax.vmap(lambda a: jnp.linalg.qr(a, mode="reduced"))(s)
     m = weights.shape[1]
-    root = jnp.sqrt(w_sum)
     v = jnp.where(root[:, :, None] > 0, q[:, :m] / jnp.where(root > 0, root, 1)[:, :, None], 0)
     g = q[:, m:]  # L_i R_i⁻¹
     eye = jnp.eye(k, dtype=dtype)
@@ -239,25 +242,21 @@ def solve_pair_blocks(
     # pair p = (i, j): rows [-√w_p V_i | √w_p V_j | √w_p z_p]; exposure i: L_i R_i⁻¹.
     # A gauge exposure's columns are removed from every row and replaced by a
     # unit block (its d is 0).
-    sw = jnp.sqrt(weights)
+    sw = _safe_sqrt(weights)
     rows_p = jnp.concatenate(
-        [
-            -(sw[:, :, None] * v[pi]) * free[pi][:, None, None],
-            (sw[:, :, None] * v[pj]) * free[pj][:, None, None],
-            (sw * values)[:, :, None],
-        ],
-        axis=2,
-    )  # (P, M, 2K + 1)
-    if rows_p.shape[1] < 2 * k + 1:  # fewer bins than columns: pad with zero rows
-        pad = jnp.zeros((len(pairs), 2 * k + 1 - rows_p.shape[1], 2 * k + 1), dtype)
-        rows_p = jnp.concatenate([rows_p, pad], axis=1)
+        [-(sw[:, :, None] * v[pi]), sw[:, :, None] * v[pj], (sw * values)[:, :, None]], axis=2
+    )  # (P, M, 2K + 1); a gauge exposure's columns are dropped after the compression
+    # A unit-roundoff ridge keeps every compressed block nonsingular (pairs with
+    # few valid bins, held-out folds), so the QR's derivative stays finite.
+    tiny = jnp.sqrt(jnp.asarray(working_eps(dtype), dtype)) * jnp.eye(2 * k, 2 * k + 1, dtype=dtype)
+    rows_p = jnp.concatenate([rows_p, jnp.broadcast_to(tiny, (len(pairs),) + tiny.shape)], axis=1)
     packed = jax.vmap(lambda m: jnp.linalg.qr(m, mode="r"))(rows_p)[:, : 2 * k, :]
     n_rows = len(pairs) * 2 * k + n * g.shape[1]
     stack = jnp.zeros((n_rows, n, k), dtype)
     rhs = jnp.zeros((n_rows,), dtype)
     row_p = np.arange(len(pairs) * 2 * k).reshape(len(pairs), 2 * k)
-    stack = stack.at[row_p, pi[:, None], :].set(packed[:, :, :k])
-    stack = stack.at[row_p, pj[:, None], :].set(packed[:, :, k : 2 * k])
+    stack = stack.at[row_p, pi[:, None], :].set(packed[:, :, :k] * free[pi][:, None, None])
+    stack = stack.at[row_p, pj[:, None], :].set(packed[:, :, k : 2 * k] * free[pj][:, None, None])
     rhs = rhs.at[row_p].set(packed[:, :, 2 * k])
     row_n = len(pairs) * 2 * k + np.arange(n * g.shape[1]).reshape(n, g.shape[1])
     unit = jnp.concatenate([eye, jnp.zeros((g.shape[1] - k, k), dtype)])
@@ -329,7 +328,7 @@ def solve_pair_blocks(
         coef=coef,
         cov=cov,
         correction=correction,
-        whitened_norm=jnp.sqrt(jnp.sum(d0 * d0, axis=1)),
+        whitened_norm=_safe_sqrt(jax.lax.stop_gradient(jnp.sum(d0 * d0, axis=1))),
         graph_condition=graph_condition,
     )
 
@@ -359,11 +358,19 @@ def global_roundoff(sol: dict, groups: np.ndarray, sigma2, dtype) -> Float[Array
     connected group (``sol`` from `solve_pair_blocks`)."""
     groups = np.asarray(groups)
     k = sol["coef"].shape[1]
+    sigma2, correction = jax.lax.stop_gradient((sigma2, sol["correction"]))
     sigma = jnp.sqrt(sigma2)
     prior = working_eps(dtype) * jnp.sqrt(k) * sol["whitened_norm"] / sigma
     same = jnp.asarray((groups[:, None] == groups[None, :]) & (groups[:, None] >= 0), dtype)
-    post = jnp.sqrt(jnp.abs(same @ sol["correction"]) + jnp.abs(sol["correction"])) / sigma
+    post = jnp.sqrt(jnp.abs(same @ correction) + jnp.abs(correction)) / sigma
     return jnp.maximum(prior, post)
+
+
+def _safe_sqrt(x):
+    """``√x`` for ``x >= 0`` with a finite derivative (0) at ``x = 0`` (weights of
+    masked or held-out bins)."""
+    positive = x > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1)), 0)
 
 
 def warn_ill_conditioned(status) -> None:
