@@ -355,7 +355,8 @@ def global_roundoff(sol: dict, groups: np.ndarray, sigma2, dtype) -> Float[Array
     The larger of (a) the a-priori estimate ``u √K |d_i| / σ`` (backward error of
     the whitened QR, as in `roundoff_ratio`) and (b) the size of the last
     refinement step in the norm of the data fit, ``‖δ‖_A / σ`` over the exposure's
-    connected group (``sol`` from `solve_pair_blocks`)."""
+    connected group (``sol`` from `solve_pair_blocks`); the largest over the
+    exposure's group (one solve serves the whole group)."""
     groups = np.asarray(groups)
     k = sol["coef"].shape[1]
     sigma2, correction = jax.lax.stop_gradient((sigma2, sol["correction"]))
@@ -363,7 +364,9 @@ def global_roundoff(sol: dict, groups: np.ndarray, sigma2, dtype) -> Float[Array
     prior = working_eps(dtype) * jnp.sqrt(k) * sol["whitened_norm"] / sigma
     same = jnp.asarray((groups[:, None] == groups[None, :]) & (groups[:, None] >= 0), dtype)
     post = jnp.sqrt(jnp.abs(same @ correction) + jnp.abs(correction)) / sigma
-    return jnp.maximum(prior, post)
+    # One solve serves a whole group: its error is shared, so is the flag.
+    worst = jnp.max(jnp.where(same > 0, jnp.maximum(prior, post)[None, :], 0), axis=1)
+    return jnp.maximum(worst, jnp.maximum(prior, post))
 
 
 def _safe_sqrt(x):
