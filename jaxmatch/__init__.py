@@ -29,12 +29,14 @@ from ._global import (
     choose_pairs as choose_pairs,
     connected_groups as connected_groups,
     global_structure as global_structure,
+    group_summary as group_summary,
     match_all as match_all,
     match_global as match_global,
     model_uncertainty as model_uncertainty,
     pair_overlaps as pair_overlaps,
 )
 from ._match import (
+    ILL_CONDITIONED as ILL_CONDITIONED,
     STATUS_MESSAGES as STATUS_MESSAGES,
     MatchResult as MatchResult,
     Status as Status,

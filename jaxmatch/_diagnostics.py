@@ -12,6 +12,7 @@ Definitions (docs/algorithm.md §8):
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
@@ -35,8 +36,14 @@ def fit_rms(
     """
     resid = jnp.where(bin_valid, jnp.where(bin_valid, bin_values, 0) - model_at_centres, 0)
     count = jnp.sum(bin_valid)
-    mean_sq = jnp.sum(resid * resid) / jnp.maximum(count, 1).astype(resid.dtype)
-    return jnp.where(count > 0, jnp.sqrt(mean_sq), jnp.nan)
+    # Scale-aware: the squares of residuals of images in cgs units (~1e-19) would
+    # underflow float32 (and flush to 0); those of the residual / its largest
+    # magnitude cannot. The scale is a constant for the gradient.
+    scale = jax.lax.stop_gradient(jnp.max(jnp.abs(resid)))
+    scale = jnp.where(scale > 0, scale, 1)
+    unit = resid / scale
+    mean_sq = jnp.sum(unit * unit) / jnp.maximum(count, 1).astype(resid.dtype)
+    return jnp.where(count > 0, scale * jnp.sqrt(mean_sq), jnp.nan)
 
 
 def matched_mse(

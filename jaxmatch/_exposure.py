@@ -54,6 +54,8 @@ class Exposure(eqx.Module):
     mask_planes: tuple[tuple[str, int], ...] = eqx.field(static=True)
 
     def __init__(self, image, mask=None, variance=None, *, mask_planes=None):
+        # Non-native byte order (astropy's big-endian FITS data): converted once, here.
+        image, mask, variance = _native(image), _native(mask), _native(variance)
         image = jnp.asarray(image)
         if image.ndim < 2:
             raise ValueError(f"image must be at least 2-D (H, W), got shape {image.shape}")
@@ -139,6 +141,13 @@ class Exposure(eqx.Module):
         return _from_planes(
             self.image[index], self.mask[index], self.variance[index], self.mask_planes
         )
+
+
+def _native(array):
+    """A NumPy array in native byte order (anything else unchanged)."""
+    if isinstance(array, np.ndarray) and not array.dtype.isnative:
+        return array.astype(array.dtype.newbyteorder("="))
+    return array
 
 
 def _from_planes(image, mask, variance, mask_planes) -> Exposure:

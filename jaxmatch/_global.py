@@ -68,7 +68,23 @@ from ._exposure import Exposure
 from ._fit import hyperparameters, prepare_fit
 from ._model import BackgroundModel
 from ._plan import design_matrix, penalty_rows, plan_fit
-from ._status import NAN_DIAGNOSTIC, NO_OVERLAP, NONFINITE, SUCCESS, UNDERSAMPLED, check_result
+from ._solve import (
+    RIDGE_PER_CELL,
+    ROUNDOFF_LIMIT,
+    global_roundoff,
+    regulariser_rows,
+    solve_pair_blocks,
+)
+from ._status import (
+    ILL_CONDITIONED,
+    NAN_DIAGNOSTIC,
+    NO_OVERLAP,
+    NONFINITE,
+    SUCCESS,
+    UNDERSAMPLED,
+    check_result,
+)
+from ._validate import check_match_arguments
 
 _log = logging.getLogger(__name__)
 
@@ -86,6 +102,13 @@ class GlobalResult(eqx.Module):
     - ``status`` ``(N,)``; ``group`` ``(N,)`` connected-group label (-1: isolated);
       ``gauge`` ``(N,)`` True for the exposures whose model the gauge fixes to 0
       (``"REFERENCE"``); ``pairs`` ``(P, 2)`` the pairs used; ``chi2_reduced``.
+    - Disconnected groups (docs/algorithm.md §13): ``gauge_index`` ``(N,)`` the
+      exposure each one was matched to — the gauge exposure of its group, whose
+      model is 0 (with ``globalGauge="MEAN"``: -1, the group's mean is 0; -1 for
+      an isolated exposure); ``matched_to_reference`` ``(N,)`` True for the
+      exposures in the reference's group; ``groups_unmatched`` ``()`` True when
+      the exposures form more than one group: the groups' backgrounds are not
+      matched to each other, and a coadd of all of them would mix them.
     """
 
     model: BackgroundModel
@@ -99,6 +122,9 @@ class GlobalResult(eqx.Module):
     gauge: Array
     pairs: Int[Array, "P 2"]
     chi2_reduced: Float[Array, ""]
+    gauge_index: Int[Array, " N"]
+    matched_to_reference: Array
+    groups_unmatched: Array
 
 
 def pair_overlaps(exposures: Exposure, config: MatchBackgroundsConfig) -> np.ndarray:
@@ -186,6 +212,7 @@ def match_global(
     num_sigma_clip=None,
     clip_sharpness=None,
     covariance: bool = True,
+    reference: int | None = None,
 ) -> GlobalResult:
     """The joint solve (jitted, differentiable in the images and λ, clip parameters).
 
@@ -198,6 +225,8 @@ def match_global(
         config: the `MatchBackgroundsConfig` (static).
         covariance: also compute the coefficient covariance (an inverse of the
             (N·K)² system: skip it for many spline knots; NaN when skipped).
+        reference: the reference exposure (for ``matched_to_reference``); default
+            the first gauge exposure.
     """
     if len(exposures.batch_shape) != 1:
         raise ValueError(f"exposures must be a batch (N, H, W), got {exposures.image.shape}")
@@ -211,12 +240,14 @@ def match_global(
     dtype = working_dtype(config, exposures)
     exposures = jax.tree.map(lambda a: a.astype(dtype) if a.dtype.kind == "f" else a, exposures)
     hyper = hyperparameters(config, dtype, roughness, num_sigma_clip, clip_sharpness)
-    plan_fit(config, exposures.image.shape[1:], config.binSize)  # eager shape checks
+    plan = plan_fit(config, exposures.image.shape[1:], config.binSize)  # eager shape checks
+    check_match_arguments(config, roughness, num_sigma_clip, clip_sharpness, plan)
     bits = exposures.bitmask(config.badMaskPlanes)
     structure = (
         tuple(map(tuple, pairs.tolist())),
         tuple(int(g) for g in groups),
         tuple(bool(g) for g in gauge),
+        int(np.flatnonzero(gauge)[0]) if reference is None else int(reference),
     )
     return _match_global(exposures, hyper, bits, config, structure, covariance)
 
@@ -293,6 +324,10 @@ def _match_global(exposures, hyper, bits, config, structure, with_covariance):
     )
     nan = jnp.asarray(jnp.nan, dtype)
     status = jnp.where(ok & (jnp.isnan(rms) | jnp.isnan(var_i)), NAN_DIAGNOSTIC, status)
+    # Rounding error of the solve vs the statistical 1σ (docs/algorithm.md §13).
+    noise2 = (1.0 if config.approxWeighting else chi2 / dof) / w_bar
+    roundoff = global_roundoff(sol, groups, noise2, dtype)
+    status = jnp.where((status == SUCCESS) & (roundoff > ROUNDOFF_LIMIT), ILL_CONDITIONED, status)
     return GlobalResult(
         model=model,
         matched=matched,
@@ -305,7 +340,59 @@ def _match_global(exposures, hyper, bits, config, structure, with_covariance):
         gauge=jnp.asarray(gauge),
         pairs=jnp.asarray(pairs, jnp.int32),
         chi2_reduced=chi2_red,
+        gauge_index=jnp.asarray(gauge_indices(groups, gauge, config.globalGauge), jnp.int32),
+        matched_to_reference=jnp.asarray(_in_reference_group(groups, gauge, structure)),
+        groups_unmatched=jnp.asarray(len(np.unique(groups[groups >= 0])) > 1),
     )
+
+
+def gauge_indices(groups: np.ndarray, gauge: np.ndarray, mode: str = "REFERENCE") -> np.ndarray:
+    """The gauge exposure of each exposure's group ``(N,)`` (-1: isolated, or
+    ``mode == "MEAN"``, where no exposure is the gauge)."""
+    groups, gauge = np.asarray(groups), np.asarray(gauge, bool)
+    out = np.full(len(groups), -1, dtype=np.int64)
+    if mode != "REFERENCE":
+        return out
+    for label in np.unique(groups[groups >= 0]):
+        members = np.flatnonzero(groups == label)
+        pinned = members[gauge[members]]
+        out[members] = pinned[0] if pinned.size else -1
+    return out
+
+
+def _in_reference_group(groups, gauge, structure) -> np.ndarray:
+    """True for the exposures in the reference's group (``structure[3]``: the
+    reference index; the first gauge exposure when not given)."""
+    groups = np.asarray(groups)
+    reference = structure[3] if len(structure) > 3 else int(np.flatnonzero(gauge)[0])
+    if groups[reference] < 0:
+        return np.arange(len(groups)) == reference
+    return groups == groups[reference]
+
+
+def group_summary(result: GlobalResult) -> str | None:
+    """One log line describing the groups of a global result, or None when every
+    exposure is in one group (host side)."""
+    groups = np.asarray(result.group)
+    labels = sorted(set(groups[groups >= 0].tolist()))
+    isolated = np.flatnonzero(groups < 0).tolist()
+    if len(labels) <= 1 and not isolated:
+        return None
+    gauges = np.asarray(result.gauge_index)
+    parts = []
+    for label in labels:
+        members = np.flatnonzero(groups == label).tolist()
+        gauge = int(gauges[members[0]])
+        name = gauge if gauge >= 0 else "their mean"
+        parts.append(f"group {label}: exposures {members} matched to {name}")
+    count = f"{len(labels)} groups with no overlap between them" if len(labels) > 1 else "1 group"
+    text = f"global matching: {count}: " + "; ".join(parts)
+    if len(labels) > 1:
+        text += "; only the reference's group is matched to the reference, the groups are "
+        text += "not matched to each other (do not coadd them together)"
+    if isolated:
+        text += f"; exposure(s) {isolated} overlap no other exposure (not matched)"
+    return text
 
 
 def pair_data(exposures, pairs, hyper, bits, config, plan) -> dict:
@@ -332,10 +419,19 @@ def pair_data(exposures, pairs, hyper, bits, config, plan) -> dict:
 def solve_pairs(w, z, valid, pairs, groups, gauge, hyper, config, plan, n, with_covariance):
     """The joint least-squares solve from per-pair bins (weights ``w`` ``(P, M)``).
 
+    The problem of the module docstring, by `jaxmatch._solve.solve_pair_blocks`
+    (per-exposure whitening by QR, the block system of the overlap graph by
+    Cholesky, iterative refinement; docs/algorithm.md §13), gauge exposures
+    eliminated. ``"MEAN"``: solved with each group's gauge exposure pinned, then
+    each group's mean model is subtracted from its members (the differences, hence
+    the matched backgrounds relative to each other, are those of ``"REFERENCE"``).
+
     Returns a dict: ``coef`` ``(N, K)``, ``cov`` ``(N, K, K)`` (NaN unless
     ``with_covariance``), ``act`` (active terms), ``under`` (undersampled flags),
-    ``valid_union`` ``(N, ny, nx)``, ``w_bar`` (weight normaliser) and
-    ``n_constraints`` (number of gauge rows).
+    ``valid_union`` ``(N, ny, nx)``, ``w_bar`` (weight normaliser),
+    ``n_constraints`` (number of gauge rows), ``correction`` ``(N,)`` (rounding
+    error estimate of the whitened coefficients, in units of ``1/√w_bar``) and
+    ``graph_condition``.
     """
     dtype = z.dtype
     pairs = np.asarray(pairs).reshape(-1, 2)
@@ -345,52 +441,36 @@ def solve_pairs(w, z, valid, pairs, groups, gauge, hyper, config, plan, n, with_
     design = design_matrix(plan, dtype)
     n_valid = jnp.sum(valid)
     w_bar = jnp.sum(w) / jnp.maximum(n_valid, 1).astype(dtype)
-    # Per-pair blocks G = BᵀWB and h = BᵀWz, normalised so λ keeps the core's scale.
-    g = jnp.einsum("pm,mk,ml->pkl", w, design, design) / w_bar
-    h = jnp.einsum("pm,mk,pm->pk", w, design, z) / w_bar
-
-    # Assemble the block Laplacian (N, K, N, K) and the right-hand side.
-    a = jnp.zeros((n, k, n, k), dtype)
-    a = a.at[pi, :, pi, :].add(g).at[pj, :, pj, :].add(g)
-    a = a.at[pi, :, pj, :].add(-g).at[pj, :, pi, :].add(-g)
-    rhs = jnp.zeros((n, k), dtype).at[pj].add(h).at[pi].add(-h)
+    w_bar = jnp.where(w_bar > 0, w_bar, 1.0)
 
     # Per-exposure valid-bin union, active terms, status (as in the core).
     valid_union = jnp.zeros((n,) + valid.shape[1:], bool)
     valid_union = valid_union.at[pi].max(valid).at[pj].max(valid)
     valid_union = valid_union.reshape((n, len(plan.fit_y[0]), len(plan.fit_x[0])))
-    penalty_rows, floor, active, under = _penalty_and_terms(config, plan, valid_union, dtype)
-    pen = penalty_rows.T @ penalty_rows
-    mu = hyper.roughness + floor
+    penalty, floor, active, under = _penalty_and_terms(config, plan, valid_union, dtype)
+    sqrt_mu = jnp.sqrt(hyper.roughness + floor).astype(dtype)
     bins_of = jnp.sum(valid_union.reshape(n, -1), axis=1)
-    eps = 1e-10 * jnp.maximum(bins_of, 1).astype(dtype)
-    diag = mu * pen[None] + eps[:, None, None] * jnp.eye(k, dtype=dtype)[None]
-    a = a.at[jnp.arange(n), :, jnp.arange(n), :].add(diag)
+    sqrt_eps = jnp.sqrt(RIDGE_PER_CELL * jnp.maximum(bins_of, 1).astype(dtype))
     act = active.astype(dtype)  # (N, K)
-    a = a * act[:, :, None, None] * act[None, None, :, :]
-    a = a.at[jnp.arange(n), :, jnp.arange(n), :].add(jax.vmap(jnp.diag)(1 - act))
-    rhs = rhs * act
+    regulariser = jax.vmap(lambda se, a: regulariser_rows(penalty, sqrt_mu, se, a))(sqrt_eps, act)
 
-    # Gauge constraints, one K-block per group, and the KKT solve.
-    constraint = jnp.asarray(_constraints(groups, gauge, config.globalGauge, n, k), dtype)
-    nk, nc = n * k, constraint.shape[0]
-    kkt = jnp.block([[a.reshape(nk, nk), constraint.T], [constraint, jnp.zeros((nc, nc), dtype)]])
-    full_rhs = jnp.concatenate([rhs.reshape(nk), jnp.zeros(nc, dtype)])
-    # One factorisation only: two LAPACK calls side by side in one XLA CPU
-    # program can deadlock, so the covariance's inverse also gives the solution.
-    if with_covariance:
-        inverse = jnp.linalg.inv(kkt)
-        sol = inverse @ full_rhs
-        blocks = inverse[:nk, :nk].reshape(n, k, n, k)
-        cov = blocks[jnp.arange(n), :, jnp.arange(n), :] / w_bar
-        cov = cov * act[:, :, None] * act[:, None, :]  # inactive terms are exactly 0
-    else:
-        sol = jnp.linalg.solve(kkt, full_rhs)
-        cov = jnp.full((n, k, k), jnp.nan, dtype)
-    coef = sol[:nk].reshape(n, k)
-    if config.globalGauge == "REFERENCE":  # exactly 0, not 0 up to rounding
-        coef = jnp.where(jnp.asarray(gauge)[:, None], 0.0, coef)
-
+    # Pinned: one gauge exposure per group (both gauges) and every isolated one.
+    groups, gauge = np.asarray(groups), np.asarray(gauge, bool)
+    pinned = gauge | (groups < 0)
+    # Weights normalised by their mean so that λ keeps the core's scale.
+    sol = solve_pair_blocks(
+        design,
+        jnp.where(valid, w, 0.0) / w_bar,
+        jnp.where(valid, z, 0.0),
+        pairs,
+        regulariser,
+        act,
+        pinned,
+        with_covariance=with_covariance,
+        mix=_mean_gauge(groups) if config.globalGauge == "MEAN" else None,
+    )
+    coef, cov = sol["coef"], sol["cov"] / w_bar
+    n_constraints = k * (len(np.unique(groups[groups >= 0])) + int(np.sum(groups < 0)))
     return dict(
         coef=coef,
         cov=cov,
@@ -398,8 +478,22 @@ def solve_pairs(w, z, valid, pairs, groups, gauge, hyper, config, plan, n, with_
         under=under,
         valid_union=valid_union,
         w_bar=w_bar,
-        n_constraints=constraint.shape[0],
+        n_constraints=n_constraints,
+        correction=sol["correction"],
+        whitened_norm=sol["whitened_norm"],
+        graph_condition=sol["graph_condition"],
     )
+
+
+def _mean_gauge(groups) -> np.ndarray:
+    """``I - S`` ``(N, N)``, ``S`` averaging each group's members: subtracting it
+    makes each group's mean model 0 (isolated exposures are kept as they are)."""
+    n = len(groups)
+    shift = np.zeros((n, n))
+    for label in np.unique(groups[groups >= 0]):
+        members = np.flatnonzero(groups == label)
+        shift[np.ix_(members, members)] = 1.0 / len(members)
+    return np.eye(n) - shift
 
 
 def _pair_weights(config, pi, pj, n, e2, w_pair, valid):
@@ -440,29 +534,6 @@ def _penalty_and_terms(config, plan, valid_union, dtype):
     return rows, floor, active, terms.undersampled
 
 
-def _constraints(groups, gauge, mode, n, k) -> np.ndarray:
-    """Gauge constraint rows ``(G·K, N·K)``: per group, the gauge exposure's
-    coefficients (``REFERENCE``) or the group mean (``MEAN``) vanish. An isolated
-    exposure (group -1) is pinned to 0 as its own group (it is a failure anyway)."""
-    rows = []
-    labels = list(np.unique(groups[groups >= 0])) + [("iso", i) for i in np.flatnonzero(groups < 0)]
-    for label in labels:
-        if isinstance(label, tuple):
-            members, weights = [label[1]], [1.0]
-        else:
-            members = list(np.flatnonzero(groups == label))
-            if mode == "MEAN":
-                weights = [1.0 / len(members)] * len(members)
-            else:
-                members = [m for m in members if gauge[m]][:1]
-                weights = [1.0]
-        block = np.zeros((k, n * k))
-        for m, wt in zip(members, weights):
-            block[:, m * k : (m + 1) * k] = wt * np.eye(k)
-        rows.append(block)
-    return np.concatenate(rows)
-
-
 def global_structure(exposures: Exposure, config: MatchBackgroundsConfig, reference: int = 0):
     """``(pairs, groups, gauge)`` of a batch for global matching (host side).
 
@@ -490,7 +561,8 @@ def match_all(
     """Global matching of a batch: overlaps → pairs → groups → `match_global`.
 
     ``reference`` is the gauge exposure of its group. Disconnected groups are
-    reported with a warning (``result.group``); isolated exposures fail
+    reported with a warning (`group_summary`; ``result.group``, ``gauge_index``,
+    ``matched_to_reference``, ``groups_unmatched``); isolated exposures fail
     (``NO_OVERLAP``). Outside a transformation, ``raise_on_failure`` raises
     `ValueError` naming failed exposures.
     """
@@ -501,17 +573,6 @@ def match_all(
     if not 0 <= reference < n:
         raise ValueError(f"reference index {reference} is not in 0..{n - 1}")
     pairs, groups, gauge = global_structure(exposures, config, reference)
-    labels = sorted(set(groups[groups >= 0].tolist()))
-    if len(labels) > 1:
-        _log.warning(
-            "global matching: the exposures form %d groups with no overlap between them "
-            "(group of each exposure: %s); each group has its own gauge",
-            len(labels),
-            groups.tolist(),
-        )
-    isolated = np.flatnonzero(groups < 0)
-    if isolated.size:
-        _log.warning("global matching: exposure(s) %s overlap no other exposure", isolated.tolist())
     result = match_global(
         exposures,
         pairs,
@@ -522,7 +583,12 @@ def match_all(
         num_sigma_clip=num_sigma_clip,
         clip_sharpness=clip_sharpness,
         covariance=covariance,
+        reference=reference,
     )
+    if not isinstance(result.status, jax.core.Tracer):
+        note = group_summary(result)
+        if note:
+            _log.warning("%s", note)
     if raise_on_failure and not isinstance(result.status, jax.core.Tracer):
         check_result(result)
     return result

@@ -55,8 +55,10 @@ from ._plan import (
     same_edges,
 )
 from ._resample import CellCount, fit_grid_size, increase_nxnysample
+from ._solve import ROUNDOFF_LIMIT, roundoff_ratio
 from ._status import (
     FITTED as FITTED,
+    ILL_CONDITIONED as ILL_CONDITIONED,
     NAN_DIAGNOSTIC as NAN_DIAGNOSTIC,
     NO_OVERLAP as NO_OVERLAP,
     NONFINITE as NONFINITE,
@@ -75,6 +77,7 @@ from ._undersample import (
     chebyshev_orders,
     determined_degree,
 )
+from ._validate import check_match_arguments
 
 
 class MatchResult(eqx.Module):
@@ -168,6 +171,19 @@ def match_one(
     rms = jnp.where(ok, fit_rms(z_diag, valid_diag, basis.evaluate(coef, *centres)), nan)
     mse = jnp.where(ok, matched_mse(grid.diff, model, grid.usable), nan)
     var = jnp.where(ok, cast(Array, grid.diff_im_var), nan)
+    # Rounding error of the solve against its statistical 1σ (status 5, §9).
+    sigma_u = 1 / jnp.sqrt(mean_w) if config.approxWeighting else jnp.sqrt(chi2_red)
+    roundoff = roundoff_ratio(
+        design,
+        grid.sqrt_w.reshape(-1),
+        fit.problem.penalty,
+        fit.sqrt_mu,
+        fit.sqrt_eps,
+        jnp.where(ok, coef, 0).reshape(-1),
+        sigma_u,
+    )
+    status = diagnostic_status(status, rms, var)
+    status = jnp.where((status == SUCCESS) & (roundoff > ROUNDOFF_LIMIT), ILL_CONDITIONED, status)
     return MatchResult(
         model=BackgroundModel(coef, basis),
         covariance=jnp.where(ok, cov, jnp.nan),
@@ -175,7 +191,7 @@ def match_one(
         fitRMS=rms,
         matchedMSE=mse,
         diffImVar=var,
-        status=diagnostic_status(status, rms, var),
+        status=status.astype(jnp.int32),
         grid_values=jnp.where(valid, grid.value, jnp.nan),
         grid_errors=jnp.where(valid, grid.err, jnp.nan),
         grid_weights=grid.sqrt_w * grid.sqrt_w,
@@ -285,7 +301,8 @@ def match(
         reference, science, config.badMaskPlanes
     )
     hyper = hyperparameters(config, dtype, roughness, num_sigma_clip, clip_sharpness)
-    plan_fit(config, reference.image.shape, config.binSize)  # eager shape checks
+    plan = plan_fit(config, reference.image.shape, config.binSize)  # eager shape checks
+    check_match_arguments(config, roughness, num_sigma_clip, clip_sharpness, plan)
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
 

@@ -16,6 +16,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Int
 
 from ._exceptions import MatchFailedError
+from ._solve import ILL_CONDITIONED_MESSAGE, warn_ill_conditioned
 
 
 class Status(enum.IntEnum):
@@ -26,6 +27,7 @@ class Status(enum.IntEnum):
     UNDERSAMPLED = 2
     NONFINITE = 3
     NAN_DIAGNOSTIC = 4
+    ILL_CONDITIONED = 5
 
     @property
     def message(self) -> str:
@@ -33,7 +35,7 @@ class Status(enum.IntEnum):
         return STATUS_MESSAGES[self]
 
 
-SUCCESS, NO_OVERLAP, UNDERSAMPLED, NONFINITE, NAN_DIAGNOSTIC = Status
+SUCCESS, NO_OVERLAP, UNDERSAMPLED, NONFINITE, NAN_DIAGNOSTIC, ILL_CONDITIONED = Status
 
 #: Explanation of each code, keyed by `Status` (equal to, and looked up by, its int).
 STATUS_MESSAGES: dict[int, str] = {
@@ -45,10 +47,11 @@ STATUS_MESSAGES: dict[int, str] = {
         "fitted and applied, but a diagnostic is undefined (NaN): no usable pixel with a "
         "finite variance (diffImVar) or no diagnostic bin with 2 usable pixels (fitRMS)"
     ),
+    Status.ILL_CONDITIONED: ILL_CONDITIONED_MESSAGE,
 }
 
 #: The codes whose model is valid and applied (the others are failures).
-FITTED: tuple[Status, ...] = (Status.SUCCESS, Status.NAN_DIAGNOSTIC)
+FITTED: tuple[Status, ...] = (Status.SUCCESS, Status.NAN_DIAGNOSTIC, Status.ILL_CONDITIONED)
 
 
 def fitted(status: ArrayLike) -> Bool[Array, "*N"]:
@@ -100,12 +103,15 @@ def check_result(result: _HasStatus) -> None:
     """Raise `MatchFailedError` (a `ValueError` and a `RuntimeError`) naming each
     exposure whose fit failed, and why.
 
-    Status 4 (``NAN_DIAGNOSTIC``: model valid, a diagnostic NaN) is not a failure.
+    Status 4 (``NAN_DIAGNOSTIC``: model valid, a diagnostic NaN) is not a failure;
+    status 5 (``ILL_CONDITIONED``: model applied, rounding error too large at the
+    working precision) is not a failure either, but warns (`RuntimeWarning`).
 
     Arguments:
         result: a `MatchResult` or `GlobalResult` (anything with ``status`` ``(N,)``).
     """
     status = np.asarray(result.status)
+    warn_ill_conditioned(status)
     bad = np.flatnonzero(~np.asarray(fitted(status)))
     if bad.size:
         lines = [f"exposure {i}: {STATUS_MESSAGES[int(status[i])]}" for i in bad]

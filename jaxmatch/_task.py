@@ -29,8 +29,8 @@ from jaxtyping import Array, Float
 
 from ._config import Config, MatchBackgroundsConfig, MatchBackgroundsTaskConfig
 from ._exposure import Exposure, stack_exposures
-from ._global import match_all
-from ._match import FITTED, NAN_DIAGNOSTIC, STATUS_MESSAGES, match
+from ._global import group_summary, match_all
+from ._match import FITTED, ILL_CONDITIONED, NAN_DIAGNOSTIC, STATUS_MESSAGES, match
 from ._reference import (
     gen3_reference_costs,
     gen3_reference_statistics,
@@ -196,7 +196,7 @@ class MatchBackgroundsTask(Task):
             for name, value in extra.items():
                 setattr(infos[i], name, value)
             return
-        if status == NAN_DIAGNOSTIC:
+        if status in (NAN_DIAGNOSTIC, ILL_CONDITIONED):
             self.log.warning("Background of %s: %s", _describe(ref), STATUS_MESSAGES[status])
         infos[i] = Struct(
             isReference=False,
@@ -237,10 +237,14 @@ class MatchBackgroundsTask(Task):
                 self._logFailure(expRefList[i], f"{type(err).__name__}: {err}")
             return
         groups_ = np.asarray(result.group)
+        if (note := group_summary(result)) is not None:  # batch indices: 0 = reference
+            self.log.warning("%s", note)
         fit = _host_fit(result, [m[0] for m in members])
         for k, (exposure, i) in enumerate(members):
             if i is not None:
-                self._record(fit, k, expRefList[i], infos, i, group=int(groups_[k]))
+                linked = bool(result.matched_to_reference[k])
+                extra = dict(group=int(groups_[k]), matchedToReference=linked)
+                self._record(fit, k, expRefList[i], infos, i, **extra)
                 if infos[i].backgroundModel is not None:
                     matchedList[i] = _with_image(exposure, fit.matched[k])
         for info in infos:

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxmatch as jm
 from jaxmatch._exposure import (
     DEFAULT_MASK_PLANES,
     Exposure,
@@ -360,3 +361,20 @@ def test_estimate_variance_with_two_pairs_is_finite():
     var = float(estimate_variance(jnp.asarray(image), jnp.asarray(mask))[0, 0])
     expected = (1.482602218505602 * 0.5 / np.sqrt(2.0)) ** 2
     np.testing.assert_allclose(var, expected, rtol=1e-14)  # exact arithmetic up to rounding
+
+
+def test_big_endian_arrays_are_accepted_everywhere():
+    """astropy returns big-endian (``>f4``/``>i2``) arrays: `Exposure`,
+    `stack_exposures` and `match` take them and compute as with native ones."""
+    rng = np.random.default_rng(0)
+    image = (100 + rng.normal(0, 1, (32, 32))).astype(">f4")
+    variance = np.ones((32, 32), ">f4")
+    mask = np.zeros((32, 32), ">i2")
+    exp = jm.Exposure(image, mask, variance)
+    assert exp.image.dtype == np.float32 and exp.mask.dtype == np.int32
+    np.testing.assert_array_equal(np.asarray(exp.image), image.astype(np.float32))
+    sci = jm.Exposure((image + 3).astype(">f4"), mask, variance)
+    batch = jm.stack_exposures([sci, sci])
+    config = jm.MatchBackgroundsConfig(binSize=16, usePolynomial=True, order=0)
+    out = jm.match(exp, batch, config)
+    np.testing.assert_allclose(np.asarray(out.model.getImage()), -3.0, atol=1e-4)

@@ -133,6 +133,12 @@ def test_disconnected_groups_are_detected(caplog):
     assert groups[0] == groups[1] != groups[2] == groups[3] and groups[4] == -1
     assert list(np.asarray(result.gauge)) == [True, False, True, False, False]
     assert list(np.asarray(result.status)) == [0, 0, 0, 0, 1]
+    # Policy (docs/algorithm.md §10): each group is matched to its own gauge.
+    assert list(np.asarray(result.gauge_index)) == [0, 0, 2, 2, -1]
+    assert list(np.asarray(result.matched_to_reference)) == [True, True, False, False, False]
+    assert bool(result.groups_unmatched)
+    assert "exposures [2, 3] matched to 2" in caplog.text
+    assert "not matched to each other" in caplog.text
     np.testing.assert_array_equal(np.asarray(result.model.coefficients[2]), 0.0)  # its gauge
     with pytest.raises(ValueError, match="exposure 4"):
         jm.match_all(batch, config)
@@ -215,3 +221,15 @@ def test_task_global_mode_keeps_the_result_shape():
     assert all(s.backgroundModel is not None for s in infos[1:])
     assert all(s.group == 0 for s in infos)
     assert infos[0].backgroundModel is None and infos[0].fitRMS is None
+    assert all(s.matchedToReference for s in infos[1:])
+
+
+def test_one_group_has_no_group_warning(caplog):
+    batch, _, _ = _dithered_patch()
+    config = jm.MatchBackgroundsConfig(binSize=16, usePolynomial=True, order=1)
+    with caplog.at_level(logging.WARNING):
+        result = jm.match_all(batch, config)
+    assert "global matching" not in caplog.text
+    assert not bool(result.groups_unmatched)
+    assert list(np.asarray(result.gauge_index)) == [0] * 5
+    assert jm.group_summary(result) is None
