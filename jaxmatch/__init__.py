@@ -24,6 +24,7 @@ from ._exposure import (
     estimate_variance as estimate_variance,
     stack_exposures as stack_exposures,
 )
+from ._filematch import MatchReport as MatchReport, match_files as match_files
 from ._global import (
     GlobalResult as GlobalResult,
     choose_pairs as choose_pairs,

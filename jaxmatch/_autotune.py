@@ -557,7 +557,7 @@ def tune_for_command_line(exposures, config, budget_s, reference, out) -> MatchB
     import sys
     from pathlib import Path
 
-    from .io import atomic_write
+    from ._atomic import atomic_write
 
     result = autotune(exposures, config, budget_s=budget_s, reference=reference)
     print(result.summary(), file=sys.stderr)

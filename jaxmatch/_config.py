@@ -297,7 +297,7 @@ def _toml_value(value: Any) -> str:
 
 
 # -- the mutable, pex_config-style config ------------------------------------------------
-class _Invalid(tuple):
+class InvalidConfigKey(tuple):
     """The static key of a mutable config that does not validate (field, value pairs)."""
 
 
@@ -553,7 +553,7 @@ class Config:
         try:
             return self.snapshot()
         except (ValueError, TypeError):
-            return _Invalid(
+            return InvalidConfigKey(
                 (name, tuple(v) if isinstance(v, list) else v) for name, v in self._values.items()
             )
 

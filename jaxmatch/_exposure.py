@@ -138,7 +138,7 @@ class Exposure(eqx.Module):
     def __getitem__(self, index) -> Exposure:
         if not self.batch_shape:
             raise TypeError("a single exposure cannot be indexed; stack exposures for a batch")
-        return _from_planes(
+        return from_planes(
             self.image[index], self.mask[index], self.variance[index], self.mask_planes
         )
 
@@ -150,7 +150,9 @@ def _native(array):
     return array
 
 
-def _from_planes(image, mask, variance, mask_planes) -> Exposure:
+def from_planes(image, mask, variance, mask_planes) -> Exposure:
+    """An `Exposure` from its planes and a ``(name, bit)`` sequence (no copy, no checks
+    beyond the constructor's)."""
     return Exposure(image, mask, variance, mask_planes=dict(mask_planes))
 
 
@@ -182,7 +184,7 @@ def stack_exposures(exposures: Sequence[Exposure]) -> Exposure:
                 f"exposure {i} has mask planes {exp.getMaskPlaneDict()}, "
                 f"exposure 0 has {first.getMaskPlaneDict()}"
             )
-    return _from_planes(
+    return from_planes(
         jnp.stack([e.image for e in exposures]),
         jnp.stack([e.mask for e in exposures]),
         jnp.stack([e.variance for e in exposures]),

@@ -181,7 +181,7 @@ def match_files(
 
     config = MatchBackgroundsConfig() if config is None else config
     say = say or logging.getLogger(__name__).warning
-    bar = progress or _no_progress
+    bar = progress or no_progress
     out = Path(out)
     table = None if table is None else Path(table)
     if not isinstance(chunk_size, int) or chunk_size < 1:
@@ -608,7 +608,7 @@ def _resumable(f: _File, digest: str, refs: str) -> tuple[bool, str]:
 # -- writing -----------------------------------------------------------------------------
 def _write_outputs(f: _File, n, entries, references, results, config, digest) -> list[str]:
     from ._fitsfile import native
-    from ._persist import _model_image, writeModel
+    from ._persist import writeModel
 
     o = f.outputs
     assert o is not None  # planned before any file is matched
@@ -637,7 +637,7 @@ def _write_outputs(f: _File, n, entries, references, results, config, digest) ->
                 models[slot.index] = np.zeros(data.shape, dtype=data.dtype)
             else:
                 info = results[n, slot.key]
-                model = np.asarray(_model_image(info.backgroundModel)).astype(data.dtype)
+                model = np.asarray(info.backgroundModel.getImage()).astype(data.dtype)
                 matched[slot.index] = data + model
                 models[slot.index] = model
                 basis = info.backgroundModel.basis
@@ -839,7 +839,8 @@ def _json_safe_meta(table):
     return table
 
 
-def _no_progress(iterable=None, **kwargs):
+def no_progress(iterable=None, **kwargs):
+    """A silent stand-in for a tqdm progress bar (iterable, context manager, update)."""
     return _Silent(iterable)
 
 

@@ -18,11 +18,8 @@ from ._binning import CellStats, code_unusable, grid_statistics
 from ._config import MatchBackgroundsConfig
 from ._exposure import Exposure, usable_mask
 from ._plan import FitPlan, FitProblem, fit_problem
-from ._solve import solve_least_squares
+from ._solve import RIDGE_PER_CELL as RIDGE_PER_CELL, solve_least_squares
 from ._undersample import ActiveTerms
-
-# ε = RIDGE_PER_CELL · (valid cells): the rank guard of the solve (§6).
-RIDGE_PER_CELL = 1e-10
 
 
 class _KeyAccess:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import jax.numpy as jnp
 
-from ._exposure import DEFAULT_MASK_PLANES, Exposure, _from_planes
+from ._exposure import DEFAULT_MASK_PLANES, Exposure, from_planes
 
 __all__ = ["traced_mask_bits", "with_canonical_planes"]
 
@@ -27,7 +27,7 @@ def with_canonical_planes(exposure: Exposure) -> Exposure:
     valid together with bit masks from `traced_mask_bits`."""
     if exposure.mask_planes == _CANONICAL:
         return exposure
-    return _from_planes(exposure.image, exposure.mask, exposure.variance, _CANONICAL)
+    return from_planes(exposure.image, exposure.mask, exposure.variance, _CANONICAL)
 
 
 def traced_mask_bits(

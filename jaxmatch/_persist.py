@@ -28,7 +28,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
@@ -158,15 +157,10 @@ def applyModel(model: BackgroundModel, exposure: Exposure) -> Exposure:
             f"a batch of models {model_batch} cannot be applied to exposures of batch shape "
             f"{exposure.batch_shape}"
         )
-    image = exposure.image + _model_image(model).astype(exposure.image.dtype)
+    image = exposure.image + model.getImage().astype(exposure.image.dtype)
     return Exposure(
         image, exposure.mask, exposure.variance, mask_planes=exposure.getMaskPlaneDict()
     )
-
-
-# One compiled evaluation per basis (the basis is static): much faster than the
-# op-by-op dispatch of an eager getImage() the first time a basis is seen.
-_model_image = eqx.filter_jit(lambda model: model.getImage())
 
 
 def _read(path) -> tuple[Any, dict[str, np.ndarray]]:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import equinox as eqx
 
-from ._config import Config, _Invalid
+from ._config import Config, InvalidConfigKey
 from ._exceptions import FieldValidationError
 
 
@@ -293,7 +293,7 @@ class Task(eqx.Module):
         """The frozen snapshot of the config this task was last updated to (validated);
         what code traced with this task uses. `FieldValidationError` if it is invalid."""
         key = self._configKey
-        if isinstance(key, _Invalid):
+        if isinstance(key, InvalidConfigKey):
             self.config.snapshot()  # raises, naming the field
         return key
 

@@ -380,12 +380,12 @@ def _describe_model(config) -> str:
 def _match(args, config) -> int:
     from ._filematch import match_files
     from ._outputs import PlanError
-    from .io import _check_noise
+    from .io import check_noise
 
     if args.chunk_size < 1:
         raise UsageError(f"--chunk-size must be at least 1, got {args.chunk_size}")
     try:
-        _check_noise(args.gain, args.read_noise)
+        check_noise(args.gain, args.read_noise)
     except ValueError as err:
         raise UsageError(f"--gain / --read-noise: {err}") from None
     show = sys.stderr.isatty() if args.progress is None else args.progress
@@ -464,9 +464,9 @@ def _progress(iterable=None, **kwargs):
     try:
         from tqdm import tqdm
     except ImportError:
-        from ._filematch import _no_progress
+        from ._filematch import no_progress
 
-        return _no_progress(iterable)
+        return no_progress(iterable)
     return tqdm(iterable, file=sys.stderr, dynamic_ncols=True, **kwargs)
 
 

@@ -39,10 +39,11 @@ small FITS file; `applyModel` adds a model to an exposure. See
 
 Folders of files
 ----------------
-`match_files` does what ``jaxmatch match`` does (see ``jaxmatch/_filematch.py``):
-reads FITS files of any layout, matches them in chunks and writes each output in
-its input's layout with its header cards; it returns a `MatchReport` (one row per
-image, `summary_table` makes an astropy table of it, `write_table` writes one).
+`jaxmatch.match_files` does what ``jaxmatch match`` does (see
+``jaxmatch/_filematch.py``): reads FITS files of any layout, matches them in chunks
+and writes each output in its input's layout with its header cards; it returns a
+`jaxmatch.MatchReport` (one row per image). It lives above this module (it runs the
+task, which reads files through this module).
 
 Writing never leaves a half-written file: the data go to a hidden temporary file
 ``.NAME.<random>.tmp`` in the same directory, which is then renamed over the target
@@ -68,13 +69,11 @@ from astropy.io import fits
 
 from ._atomic import atomic_write, remove_stale_temps
 from ._exposure import DEFAULT_MASK_PLANES, Exposure
-from ._filematch import MatchReport, match_files, summary_table, write_table
 from ._fitsfile import native as _native, noise_variance as _noise_variance
 from ._persist import applyModel, readModel, readModelConfig, writeModel
 
 __all__ = [
     "ExposureWithMetadata",
-    "MatchReport",
     "applyModel",
     "atomic_write",
     "fromNDData",
@@ -82,12 +81,9 @@ __all__ = [
     "readExposureWithMetadata",
     "readModel",
     "readModelConfig",
-    "match_files",
     "remove_stale_temps",
-    "summary_table",
     "writeExposure",
     "writeModel",
-    "write_table",
 ]
 
 _PLANE_PREFIX = "MP_"
@@ -142,7 +138,7 @@ def readExposureWithMetadata(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such FITS file: {path}")
-    _check_noise(gain, read_noise)
+    check_noise(gain, read_noise)
     with open_fits(path) as hdus:
         slots = image_slots(hdus)
         if not slots:
@@ -268,7 +264,7 @@ def fromNDData(
             )
         variance = np.where(finite, variance, np.inf).astype(image.dtype)
     elif gain is not None or read_noise is not None:
-        _check_noise(gain, read_noise)
+        check_noise(gain, read_noise)
         variance = _noise_variance(image, gain, read_noise)
     else:
         variance = None
@@ -276,7 +272,9 @@ def fromNDData(
 
 
 # -- helpers ------------------------------------------------------------------------------
-def _check_noise(gain, read_noise) -> None:
+def check_noise(gain, read_noise) -> None:
+    """`ValueError` unless ``gain`` [e-/ADU] is None or finite > 0 and ``read_noise``
+    [ADU] None or finite >= 0."""
     if gain is not None and not (np.isfinite(gain) and gain > 0):
         raise ValueError(f"gain must be a finite number > 0 [e-/ADU], got {gain!r}")
     if read_noise is not None and not (np.isfinite(read_noise) and read_noise >= 0):
@@ -365,5 +363,3 @@ def _plane_keyword(name: str) -> str:
     if len(key) <= 8 and re.fullmatch(r"[A-Z0-9_-]+", key):
         return key
     return "HIERARCH " + key
-
-
