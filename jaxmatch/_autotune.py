@@ -33,14 +33,14 @@ import dataclasses
 import math
 import time
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._binning import cell_centres, cell_edges, grid_statistics
+from ._binning import CellStats, cell_centres, cell_edges, grid_statistics
 from ._compile import filter_jit
 from ._config import MatchBackgroundsConfig
 from ._exposure import Exposure, stack_exposures
@@ -126,7 +126,7 @@ def _describe(c: CandidateLoss) -> str:
 # ----------------------------------------------------------------------------- layout
 
 
-def default_cell_size(shape: tuple[int, int]) -> int:
+def default_cell_size(shape: tuple[int, ...]) -> int:
     """Validation cell side [pixels]: 1/32 of the short side, between 8 and 32."""
     return int(min(max(min(shape) // 32, 8), 32))
 
@@ -145,7 +145,7 @@ def _layout(shape, cell_size, folds, seed):
 
 def _cell_values(diff, ey, ex, min_pixels):
     """Validation value, error and usability of every cell of a coded difference."""
-    value, s, m, n = grid_statistics(diff, None, ey, ex, *CELL_STATISTIC)
+    value, s, m, n = cast(CellStats, grid_statistics(diff, None, ey, ex, *CELL_STATISTIC))
     ok = (n >= min_pixels) & (s > 0)
     err = jnp.where(ok, s, 1.0) / jnp.sqrt(jnp.where(ok, m, 1).astype(diff.dtype))
     return jnp.where(ok, value, 0.0), err, ok
@@ -361,7 +361,7 @@ def _check_layout(cell_size, folds, shape):
 
 def candidate_settings(
     config: MatchBackgroundsConfig,
-    shape: tuple[int, int],
+    shape: tuple[int, ...],
     *,
     cell_size: int,
     bin_sizes: Sequence[int] | None = None,
@@ -482,7 +482,7 @@ def autotune(
         raise ValueError("no candidate setting fits this image; give bin_sizes/orders")
 
     candidates: list[tuple[CandidateLoss, MatchBackgroundsConfig]] = []
-    state = dict(default_loss=None, complete=True, last=0.0, done=set(), best={})
+    state: dict[str, Any] = dict(default_loss=None, complete=True, last=0.0, done=set(), best={})
 
     def evaluate(cand, stat, nsigs) -> float:
         """Evaluate one discrete candidate over the λ × clip grid; its best loss

@@ -83,7 +83,7 @@ def lsst_sample_count(m: np.ndarray, bin_size: int, order: int) -> np.ndarray:
     return (np.asarray(m, dtype=np.int64) * bin_size) // (order + 1)
 
 
-def fit_grid_size(grid: int | CellCount, shape: tuple[int, int]) -> int:
+def fit_grid_size(grid: int | CellCount, shape: tuple[int, ...]) -> int:
     """The fit grid's cell size [pixels]: ``grid`` itself, or for a `CellCount` the
     largest cell side of either axis (what ``MatchResult.bin_size`` records)."""
     if isinstance(grid, CellCount):
@@ -94,7 +94,7 @@ def fit_grid_size(grid: int | CellCount, shape: tuple[int, int]) -> int:
 def increase_nxnysample(
     result: R,
     config: MatchBackgroundsConfig,
-    shape: tuple[int, int],
+    shape: tuple[int, ...],
     refit: Callable[[np.ndarray, CellCount], R],
     check: Callable[[CellCount], object],
     set_rows: Callable[[R, np.ndarray, R], R],

@@ -133,7 +133,7 @@ def regulariser_rows(
 def roundoff_ratio(
     design: Float[Array, "m k"],
     sqrt_weights: Float[Array, " m"],
-    penalty: Float[Array, "p k"],
+    penalty: Float[Array | np.ndarray, "p k"],
     sqrt_mu: Float[Array, ""],
     sqrt_eps: Float[Array, ""],
     coefficients: Float[Array, " k"],

@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
@@ -32,7 +33,6 @@ from ._maskbits import traced_mask_bits, with_canonical_planes
 from ._match import match, match_batch
 from ._model import BackgroundModel
 from ._plan import plan_fit
-from ._reference import reference_statistics
 
 
 class EvaluatedModel(BackgroundModel):
@@ -202,35 +202,3 @@ def _via_match(reference, exposures, config, roughness) -> ListFit:
     matched = result.matched.astype(exposures[0].image.dtype)
     scalars = {name: getattr(result, name) for name in _SCALARS}
     return _list_fit(result.model.coefficients, result.model.basis, images, matched, scalars)
-
-
-@filter_jit
-def _statistics_program(images, masks, bits):
-    """`reference_statistics` of every exposure (one compiled program, no stack)."""
-    rows = []
-    for image, mask, bit in zip(images, masks, bits):
-        usable = ((mask & bit) == 0) & jnp.isfinite(image)
-        rows.append(jnp.stack([jnp.asarray(v, float) for v in reference_statistics(image, usable)]))
-    return jnp.stack(rows)
-
-
-def reference_statistics_list(
-    exposures: Sequence[Exposure | None], bad_mask_planes: Sequence[str]
-) -> np.ndarray:
-    """``(N, 3)`` NumPy ``(variance, level, coverage)`` of each exposure over its usable
-    pixels (`reference_statistics`); NaN rows for None entries.
-
-    One compiled program for the whole list (the exposures are not stacked), instead
-    of a few array operations per exposure dispatched one by one.
-    """
-    present = [k for k, e in enumerate(exposures) if e is not None]
-    out = np.full((len(exposures), 3), np.nan)
-    if present:
-        chosen = [exposures[k] for k in present]
-        stats = _statistics_program(
-            tuple(e.image for e in chosen),
-            tuple(e.mask for e in chosen),
-            tuple(e.bitmask(bad_mask_planes) for e in chosen),
-        )
-        out[present] = np.asarray(stats, dtype=float)
-    return out

@@ -7,6 +7,7 @@ left to the caller: inside ``jit`` they cannot be inspected).
 from __future__ import annotations
 
 import jax
+import jax.core
 import numpy as np
 
 #: Largest number of spline knots (ky · kx) the dense solve accepts: its matrices
@@ -68,4 +69,4 @@ def check_match_arguments(config, roughness, num_sigma_clip, clip_sharpness, pla
 
 
 def _x64_enabled() -> bool:
-    return bool(jax.config.jax_enable_x64)
+    return bool(jax.config.jax_enable_x64)  # pyright: ignore[reportAttributeAccessIssue] (options are set at run time)

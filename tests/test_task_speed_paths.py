@@ -30,8 +30,7 @@ from jaxmatch import (
     stack_exposures,
 )
 from jaxmatch._model import Basis
-from jaxmatch._reference import reference_statistics
-from jaxmatch._taskpath import EvaluatedModel, batch_item, match_list, reference_statistics_list
+from jaxmatch._taskpath import EvaluatedModel, batch_item, match_list
 
 SHAPE = (80, 96)  # 5 x 6 cells of 16 px: AKIMA keeps its style on both axes
 DATASET = "deepCoadd_tempExp"
@@ -230,13 +229,3 @@ def test_batch_item_equals_indexing(shape):
     np.testing.assert_array_equal(item, (np.arange(size) + k * size).reshape(shape[1:]))
 
 
-def test_reference_statistics_list_equals_one_by_one(rng):
-    ref, scis = _exposures(rng)
-    planes = MatchBackgroundsConfig().badMaskPlanes
-    exposures = [ref, None, *scis]
-    stats = reference_statistics_list(exposures, planes)
-    assert stats.shape == (5, 3) and np.all(np.isnan(stats[1]))
-    for row, exposure in zip(stats[[0, 2, 3, 4]], [ref, *scis]):
-        usable = ((exposure.mask & exposure.bitmask(planes)) == 0) & jnp.isfinite(exposure.image)
-        expected = [float(v) for v in reference_statistics(exposure.image, usable)]
-        np.testing.assert_allclose(row, expected, rtol=1e-9)
