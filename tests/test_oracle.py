@@ -266,15 +266,18 @@ def test_undersampled_styles(rng):
     assert np.all(out["coefficients"][inactive] == 0.0)
     assert np.all(out["coefficients"][~inactive] != 0.0)
 
-    # binSize' = (2 * 16) // 4 = 8: four valid cell columns of 8 > 3, fitted at full order
-    out = _run(diff, undersample_style="INCREASE_NXNYSAMPLE", **kwargs)
-    assert out["bin_size_used"] == 8 and out["status"] == 0
-    assert out["cell_values"].shape == (8, 12) and out["effective_order"] == (3, 3)
-    # data in columns 0-19: mx = 2, binSize' = 8 gives 3 valid columns: still undersampled
+    # LSST's re-sampling is a number of cells per axis (afw's setNxSample):
+    # data in columns 0-47: m = 3, n = (3 * 16) // 4 = 12 cells of at most 8 pixels,
+    # six valid cell columns > 3: fitted at full order
     out = _run(
-        diff, undersample_style="INCREASE_NXNYSAMPLE", **{**kwargs, "sci_mask": mask_up_to(20)}
+        diff, undersample_style="INCREASE_NXNYSAMPLE", **{**kwargs, "sci_mask": mask_up_to(48)}
     )
-    assert out["bin_size_used"] == 8 and out["status"] == 2
+    assert out["bin_size_used"] == 8 and out["status"] == 0
+    assert out["cell_values"].shape == (12, 12) and out["effective_order"] == (3, 3)
+    # data in columns 0-31: m = 2, n = 8 cells of 8 x 12 pixels, three valid cell
+    # columns <= 3: still undersampled
+    out = _run(diff, undersample_style="INCREASE_NXNYSAMPLE", **kwargs)
+    assert out["bin_size_used"] == 12 and out["status"] == 2
 
 
 def test_eager_value_errors():
