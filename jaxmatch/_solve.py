@@ -253,7 +253,7 @@ def solve_pair_blocks(
     )  # (P, M, 2K + 1); a gauge exposure's columns are dropped after the compression
     # A unit-roundoff ridge keeps every compressed block nonsingular (pairs with
     # few valid bins, held-out folds), so the QR's derivative stays finite.
-    tiny = jnp.sqrt(jnp.asarray(working_eps(dtype), dtype)) * jnp.eye(2 * k, 2 * k + 1, dtype=dtype)
+    tiny = jnp.asarray(working_eps(dtype), dtype) * jnp.eye(2 * k, 2 * k + 1, dtype=dtype)
     rows_p = jnp.concatenate([rows_p, jnp.broadcast_to(tiny, (len(pairs),) + tiny.shape)], axis=1)
     packed = jax.vmap(lambda m: jnp.linalg.qr(m, mode="r"))(rows_p)[:, : 2 * k, :]
     n_rows = len(pairs) * 2 * k + n * g.shape[1]
