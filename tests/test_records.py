@@ -27,10 +27,12 @@ SPLINE = SplineBasis(
 
 
 def test_status_codes_are_the_documented_integers():
-    assert [int(s) for s in Status] == [0, 1, 2, 3, 4]
+    assert [int(s) for s in Status] == [0, 1, 2, 3, 4, 5]
     assert jm.STATUS_MESSAGES[2] == Status.UNDERSAMPLED.message
-    assert set(jm.STATUS_MESSAGES) == set(range(5))
-    np.testing.assert_array_equal(jm.fitted(np.arange(5)), [True, False, False, False, True])
+    assert set(jm.STATUS_MESSAGES) == set(range(6))
+    np.testing.assert_array_equal(
+        jm.fitted(np.arange(6)), [True, False, False, False, True, True]
+    )
 
 
 def test_status_ladder_and_nan_diagnostic():
