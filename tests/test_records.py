@@ -30,9 +30,7 @@ def test_status_codes_are_the_documented_integers():
     assert [int(s) for s in Status] == [0, 1, 2, 3, 4, 5]
     assert jm.STATUS_MESSAGES[2] == Status.UNDERSAMPLED.message
     assert set(jm.STATUS_MESSAGES) == set(range(6))
-    np.testing.assert_array_equal(
-        jm.fitted(np.arange(6)), [True, False, False, False, True, True]
-    )
+    np.testing.assert_array_equal(jm.fitted(np.arange(6)), [True, False, False, False, True, True])
 
 
 def test_status_ladder_and_nan_diagnostic():
