@@ -93,7 +93,9 @@ class MatchResult(eqx.Module):
     - ``status``: ``(N,)`` codes (0 success; see `STATUS_MESSAGES`); a failed
       exposure (1-3) has NaN coefficients and diagnostics; 4 (``NAN_DIAGNOSTIC``):
       the model is valid and applied, and ``fitRMS`` or ``diffImVar`` is NaN.
-      Status 0: every diagnostic is a number (+inf for overflowing pixel values).
+      Status 0: every diagnostic is a number (``matchedMSE`` +inf for overflowing
+      pixel values). 5 (``ILL_CONDITIONED``): applied, but the solve's rounding error
+      exceeds 0.05 of its statistical 1σ at the working precision.
     - ``grid_values``, ``grid_errors``, ``grid_weights``: the fitted bin grid
       ``(N, ny, nx)`` (values and errors NaN where a bin is not valid; weights
       normalised to mean 1 over valid bins).
