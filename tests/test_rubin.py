@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -187,7 +188,7 @@ def test_formatters_round_trip_exactly(tmp_path, task_module, rng):
 def _tiny_model(rng):
     from jaxmatch import BackgroundModel, Basis
 
-    return BackgroundModel(np.asarray(rng.normal(size=(2, 2))), Basis("CHEBYSHEV", (16, 24), 1, 1))
+    return BackgroundModel(jnp.asarray(rng.normal(size=(2, 2))), Basis("CHEBYSHEV", (16, 24), 1, 1))
 
 
 def test_ingest_files_with_spaces_and_errors(tmp_path, task_module, rng):
