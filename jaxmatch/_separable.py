@@ -21,10 +21,14 @@ import jax.core
 from jax import lax
 from jaxtyping import Array, Float
 
+from ._custom_types import AnyArray
+
 UNROLL_MAX_TERMS = 32
 
 
-def outer_sum(left: Float[Array, "ny k"], right: Float[Array, "nx k"]) -> Float[Array, "ny nx"]:
+def outer_sum(
+    left: Float[AnyArray, "ny k"], right: Float[AnyArray, "nx k"]
+) -> Float[Array, "ny nx"]:
     """``Σ_q left[:, q] ⊗ right[:, q]`` = ``left @ right.T``."""
     k = left.shape[-1]
     if k > UNROLL_MAX_TERMS:
