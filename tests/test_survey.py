@@ -171,18 +171,19 @@ def test_survey_writes_what_match_writes_per_patch(data, reference, client, surv
     for name in PATCHES:
         rows = table[table["patch"] == name]
         want = json.loads((reference / name / "table.json").read_text())
-        assert list(rows["exposure"]) == [r["exposure"] for r in want]
+        assert list(rows["file"]) == [r["file"] for r in want]
         assert list(rows["reference"]) == [r["reference"] for r in want]
         for r, w in zip(rows, want):
             for key in ("fitRMS", "matchedMSE", "diffImVar"):
                 assert (r[key] is np.ma.masked) if w[key] is None else r[key] == w[key]
     assert set(table["patch_status"]) == {"ok"}
     assert set(table["patch_exit"]) == {0}
-    assert list(table["reference"]).count("yes") == len(PATCHES)
-    assert all(e.endswith(" 1.fits") for e in table["exposure"][table["reference"] == "yes"])
+    assert [bool(v) for v in table["reference"]].count(True) == len(PATCHES)
+    is_ref = np.asarray([bool(v) for v in table["reference"]])
+    assert all(e.endswith(" 1.fits") for e in table["file"][is_ref])
     # The CSV file holds the same rows.
     csv = (data / "survey.csv").read_text().splitlines()
-    assert csv[0].split(",")[:3] == ["patch", "exposure", "reference"]
+    assert csv[0].split(",")[:3] == ["patch", "file", "image"]
     assert len(csv) == 1 + len(table)
 
 
@@ -271,7 +272,7 @@ def test_bad_patches_are_reported_and_the_survey_goes_on(data, reference, capsys
     assert_same_outputs(out / "p0", reference / "p0")
     (bad,) = by_patch["bad"]
     assert bad["patch_status"] == "failed" and bad["patch_exit"] == 1
-    assert "visit 0.fits" in bad["patch_message"] and bad["exposure"] is None
+    assert "visit 0.fits" in bad["patch_message"] and bad["file"] is None
     (empty,) = by_patch["empty"]
     assert empty["patch_status"] == "failed" and "no FITS file" in empty["patch_message"]
     captured = capsys.readouterr()

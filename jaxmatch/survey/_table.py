@@ -41,7 +41,10 @@ def survey_table(results: Sequence[PatchResult]):
         numbers = all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in values if v is not None
         )
-        if numbers and any(isinstance(v, float) for v in values):
+        flags = all(isinstance(v, bool) for v in values if v is not None)
+        if flags and not all(missing):  # e.g. the match table's ``reference``
+            data = [False if v is None else v for v in values]
+        elif numbers and any(isinstance(v, float) for v in values):
             data = [math.nan if v is None else float(v) for v in values]
         elif numbers and not all(missing):
             data = [0 if v is None else int(v) for v in values]
