@@ -138,22 +138,51 @@ def run(data, out, **kwargs):
     )
 
 
-def assert_same_outputs(got: Path, want: Path) -> None:
-    """Same files; FITS files equal card by card and pixel by pixel; same tables."""
+def assert_same_outputs(got: Path, want: Path, *, exact: bool = True) -> None:
+    """Same files; FITS files equal card by card and pixel by pixel; same tables.
+
+    ``exact=False`` (a resumed run, which re-fits only the missing exposures, in a
+    smaller batch): pixels and diagnostics equal to float32 rounding (1e-3 ADU,
+    1e-5 relative; the noise σ is ~20 ADU)."""
     names = sorted(p.name for p in got.iterdir())
     assert names == sorted(p.name for p in want.iterdir())
     for name in names:
         if name.endswith(".json"):
-            assert json.loads((got / name).read_text()) == json.loads((want / name).read_text())
+            rows_got = json.loads((got / name).read_text())
+            rows_want = json.loads((want / name).read_text())
+            assert len(rows_got) == len(rows_want), name
+            for g, w in zip(rows_got, rows_want):
+                if not exact:  # kept or re-fitted: the values to float32 rounding
+                    for key in ("fitRMS", "matchedMSE", "diffImVar"):
+                        if g[key] is not None and w[key] is not None:
+                            assert g[key] == pytest.approx(w[key], rel=1e-5), (name, key)
+                    g, w = _values(g), _values(w)
+                assert g == w, name
             continue
         with fits.open(got / name) as a, fits.open(want / name) as b:
             assert len(a) == len(b), name
             for ha, hb in zip(a, b):
-                assert ha.header == hb.header, name
+                if exact:
+                    assert ha.header == hb.header, name
+                else:
+                    assert list(ha.header) == list(hb.header), name
+                    for key, value in hb.header.items():
+                        if isinstance(value, float):
+                            assert ha.header[key] == pytest.approx(value, rel=1e-5), (name, key)
+                        elif key not in ("HISTORY", "COMMENT"):
+                            assert ha.header[key] == value, (name, key)
                 if hb.data is None:
                     assert ha.data is None
-                else:
+                elif exact:
                     np.testing.assert_array_equal(ha.data, hb.data, err_msg=name)
+                else:
+                    np.testing.assert_allclose(ha.data, hb.data, rtol=1e-5, atol=1e-3, err_msg=name)
+
+
+def _values(row: dict) -> dict:
+    """A match-table row without its outcome and diagnostics (compared apart)."""
+    omitted = ("status", "message", "fitRMS", "matchedMSE", "diffImVar")
+    return {k: v for k, v in row.items() if k not in omitted}
 
 
 def _listening(pid: int) -> set[str]:
@@ -270,9 +299,12 @@ def test_bad_patches_are_reported_and_the_survey_goes_on(data, reference, capsys
     assert sorted(by_patch) == ["bad", "empty", "p0"]
     assert [r["patch_status"] for r in by_patch["p0"]] == ["ok"] * 3
     assert_same_outputs(out / "p0", reference / "p0")
-    (bad,) = by_patch["bad"]
-    assert bad["patch_status"] == "failed" and bad["patch_exit"] == 1
-    assert "visit 0.fits" in bad["patch_message"] and bad["file"] is None
+    # The match command keeps going past the truncated file: one row per file of the
+    # patch, the truncated one failed, the patch reported failed (exit 1).
+    bad_rows = by_patch["bad"]
+    assert [(r["patch_status"], r["patch_exit"]) for r in bad_rows] == [("failed", 1)] * 2
+    failed = [r for r in bad_rows if r["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["file"].endswith("visit 0.fits")
     (empty,) = by_patch["empty"]
     assert empty["patch_status"] == "failed" and "no FITS file" in empty["patch_message"]
     captured = capsys.readouterr()
@@ -307,7 +339,7 @@ def test_rerun_resumes_an_interrupted_survey(data, reference, client, surveyed, 
     assert "patches: 100%" in capsys.readouterr().err  # the progress bar over the survey
     assert not stale.exists()
     for name in PATCHES:
-        assert_same_outputs(out / name, reference / name)
+        assert_same_outputs(out / name, reference / name, exact=False)
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # kept, not rewritten
 
 
