@@ -16,6 +16,8 @@ science image, the product followed by the addition 0.146 s). Above
 
 from __future__ import annotations
 
+from typing import cast
+
 import jax
 import jax.core
 from jax import lax
@@ -32,7 +34,7 @@ def outer_sum(
     """``Σ_q left[:, q] ⊗ right[:, q]`` = ``left @ right.T``."""
     k = left.shape[-1]
     if k > UNROLL_MAX_TERMS:
-        return left @ right.T
+        return cast(Array, left @ right.T)
     # Both factors are computed once, before the loop (else XLA may fuse the basis
     # functions' arithmetic into the per-pixel loop, k times over); the loop reads
     # rows of ``right.T``, contiguous when ``right`` is a constant (pixel grid known
@@ -41,7 +43,7 @@ def outer_sum(
     total = left[:, 0, None] * right_t[0]
     for q in range(1, k):
         total = total + left[:, q, None] * right_t[q]
-    return total
+    return cast(Array, total)
 
 
 def constant_if_known(fn, *args):

@@ -46,7 +46,7 @@ _LAZY = {
     "MODEL_STORAGE_CLASS": "task",
 }
 
-__all__ = ["CONFIG_DIR", "PIPELINE", "SEED_CONFIG", *_LAZY]
+__all__ = ["CONFIG_DIR", "PIPELINE", "SEED_CONFIG", *_LAZY]  # pyright: ignore[reportUnsupportedDunderAll]
 
 
 def __getattr__(name: str):
