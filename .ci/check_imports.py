@@ -21,7 +21,7 @@ KNOWN = {
     ("_diagnostics", "_binning", "_power_sums"),
 }
 # Import cycles through a deferred (function-level) import, to be removed.
-KNOWN_CYCLES = {frozenset({"io", "_persist"})}
+KNOWN_CYCLES: set[frozenset[str]] = set()
 
 
 def imports(path: Path) -> list[tuple[str, str]]:

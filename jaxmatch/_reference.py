@@ -83,6 +83,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ._binning import CellStats, cell_centres, cell_edges, grid_statistics
+from ._exposure import Exposure
 
 __all__ = [
     "reference_statistics",
@@ -448,3 +449,23 @@ def soft_reference(
     finite = jnp.isfinite(value)
     safe_value = jnp.tensordot(weights, jnp.where(jnp.isfinite(images), images, 0), axes=1)
     return jnp.where(finite, safe_value, jax.lax.stop_gradient(value))
+
+
+def soft_reference_exposure(batch: Exposure, weights: Float[ArrayLike, " N"]) -> Exposure:
+    r"""The soft reference exposure of a batch ``(N, H, W)`` for weights ``(N,)``.
+
+    Image ``Σ_i w_i x_i`` and variance ``Σ_i w_i² var_i`` (`soft_reference`: the
+    variance of a weighted sum of independent exposures); the mask is the OR of the
+    masks of the exposures with ``w_i > 0``. An exposure left out of the reference
+    (weight exactly 0: no usable pixel, a non-finite cost) masks nothing, or one
+    empty exposure would empty the reference. Differentiable in the images and
+    the weights.
+    """
+    weights = jnp.asarray(weights)
+    in_reference = (weights > 0)[:, None, None]
+    return Exposure(
+        soft_reference(batch.image, weights),
+        jnp.bitwise_or.reduce(jnp.where(in_reference, batch.mask, 0), axis=0),
+        soft_reference(batch.variance, weights**2),
+        mask_planes=batch.getMaskPlaneDict(),
+    )

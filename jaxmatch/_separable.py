@@ -16,6 +16,7 @@ science image, the product followed by the addition 0.146 s). Above
 
 from __future__ import annotations
 
+import functools
 from typing import cast
 
 import jax
@@ -55,5 +56,20 @@ def constant_if_known(fn, *args):
     """
     if any(isinstance(a, jax.core.Tracer) for a in args):
         return fn(*args)
+    # One compiled program for the whole basis (evaluated op by op, each of its
+    # few dozen operations would compile on its own: seconds for a new basis).
     with jax.ensure_compile_time_eval():
-        return fn(*args)
+        owner = getattr(fn, "__self__", None)
+        if owner is None:
+            return _compiled(fn, None)(*args)
+        return _compiled(fn.__func__, owner)(*args)
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(fn, owner):
+    """``jax.jit`` of ``fn`` (of ``fn`` bound to ``owner``), one per equal key.
+
+    Bound methods compare by the identity of their object; keying on the
+    (hashable, value-compared) basis instead lets equal bases share a program.
+    """
+    return jax.jit(fn if owner is None else functools.partial(fn, owner))

@@ -28,7 +28,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ._config import Config, MatchBackgroundsConfig, MatchBackgroundsTaskConfig
-from ._exposure import Exposure, stack_exposures
+from ._exposure import Exposure, stack_exposures, usable_mask
 from ._global import group_summary, match_all
 from ._match import FITTED, ILL_CONDITIONED, NAN_DIAGNOSTIC, STATUS_MESSAGES, match
 from ._reference import (
@@ -37,7 +37,7 @@ from ._reference import (
     reference_costs,
     reference_statistics,
     select_reference,
-    soft_reference,
+    soft_reference_exposure,
     softmin_weights,
 )
 from ._scaler import ImageScaler
@@ -389,17 +389,14 @@ class MatchBackgroundsTask(Task):
     def softReference(self, exposures: Exposure) -> Exposure:
         """The soft reference exposure ``Σ_i w_i x_i`` of a batch (differentiable).
 
-        Its variance is ``Σ_i w_i² var_i``; its mask is the OR of all masks.
+        Its variance is ``Σ_i w_i² var_i``; its mask is the OR of the masks of the
+        exposures with a non-zero weight (`soft_reference_exposure`).
         """
-        weights = self.softReferenceWeights(exposures)
-        image = soft_reference(exposures.image, weights)
-        variance = soft_reference(exposures.variance, weights**2)
-        mask = jnp.bitwise_or.reduce(exposures.mask, axis=0)
-        return Exposure(image, mask, variance, mask_planes=exposures.getMaskPlaneDict())
+        return soft_reference_exposure(exposures, self.softReferenceWeights(exposures))
 
     def _usable(self, exposure: Exposure):
         bits = exposure.bitmask(self.staticConfig.badMaskPlanes)
-        return ((exposure.mask & bits) == 0) & jnp.isfinite(exposure.image)
+        return usable_mask(exposure.image, (exposure.mask, bits))
 
 
 # -- helpers ----------------------------------------------------------------------------

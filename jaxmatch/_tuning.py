@@ -45,11 +45,16 @@ from jaxtyping import Array, Float
 from ._binning import cell_centres
 from ._compile import filter_jit
 from ._config import MatchBackgroundsConfig
-from ._exposure import Exposure, stack_exposures
+from ._exposure import Exposure, stack_exposures, usable_mask
 from ._fit import hyperparameters, prepare_fit, solve_prepared
 from ._match import match
 from ._plan import design_matrix, plan_fit
-from ._reference import reference_costs, reference_statistics, soft_reference, softmin_weights
+from ._reference import (
+    reference_costs,
+    reference_statistics,
+    soft_reference_exposure,
+    softmin_weights,
+)
 from ._status import SUCCESS
 
 PARAMETERS = ("roughness", "numSigmaClip", "clipSharpness", "refWeights", "softminTemperature")
@@ -153,24 +158,14 @@ def _reference_and_science(params, batch: Exposure, config, reference):
             raise ValueError(f"reference index {reference} is not in 0..{n - 1}")
         others = np.array([i for i in range(n) if i != reference])
         return batch[reference], jax.tree.map(lambda a: a[others], batch)
-    bits = batch.bitmask(config.badMaskPlanes)
-    usable = ((batch.mask & bits) == 0) & jnp.isfinite(batch.image)
+    usable = usable_mask(batch.image, (batch.mask, batch.bitmask(config.badMaskPlanes)))
     var, level, cov = jax.vmap(reference_statistics)(batch.image, usable)
     w_cov, w_var, w_level = params.ref_weights
     costs = reference_costs(
         var, level, cov, weight_coverage=w_cov, weight_variance=w_var, weight_level=w_level
     )
     w = softmin_weights(costs, params.temperature)
-    # An exposure left out of the reference (no usable pixel: weight 0) must not
-    # mask it either, or one empty exposure would empty the reference.
-    in_ref = (w > 0)[:, None, None]
-    ref = Exposure(
-        soft_reference(batch.image, w),
-        jnp.bitwise_or.reduce(jnp.where(in_ref, batch.mask, 0), axis=0),
-        soft_reference(batch.variance, w**2),
-        mask_planes=batch.getMaskPlaneDict(),
-    )
-    return ref, batch
+    return soft_reference_exposure(batch, w), batch
 
 
 def _hyper(params, config, dtype):

@@ -278,6 +278,29 @@ def test_soft_reference_ignores_bad_pixels_of_unweighted_exposures(rng):
     assert jnp.isnan(soft_reference(jnp.asarray(images), weights)[0, 0])
 
 
+def test_soft_reference_exposure_weights_image_variance_and_masks(rng):
+    from jaxmatch import Exposure, stack_exposures
+    from jaxmatch._reference import soft_reference_exposure
+
+    images = rng.standard_normal((3, 4, 5))
+    variances = rng.uniform(1.0, 2.0, (3, 4, 5))
+    masks = np.zeros((3, 4, 5), np.int32)
+    masks[0, 0, 0], masks[1, 1, 1], masks[2, 2, 2] = 1, 2, 4
+    batch = stack_exposures([Exposure(images[k], masks[k], variances[k]) for k in range(3)])
+    weights = np.array([0.25, 0.0, 0.75])
+    ref = soft_reference_exposure(batch, jnp.asarray(weights))
+    assert_close(ref.image, np.tensordot(weights, images, 1), ("float64", "reordered-sum"))
+    assert_close(ref.variance, np.tensordot(weights**2, variances, 1), ("float64", "reordered-sum"))
+    # the OR of the weighted exposures' masks; the unweighted exposure masks nothing
+    expected = np.zeros((4, 5), np.int32)
+    expected[0, 0], expected[2, 2] = 1, 4
+    np.testing.assert_array_equal(ref.mask, expected)
+    assert ref.getMaskPlaneDict() == batch.getMaskPlaneDict()
+    # differentiable in the weights: d(image)/dw_k = image_k
+    grad = jax.grad(lambda w: soft_reference_exposure(batch, w).image[3, 4])(jnp.asarray(weights))
+    assert_close(grad, images[:, 3, 4], ("float64", "reordered-sum"))
+
+
 # -------------------------------------------------------------------- gradients
 def test_softmin_gradients_match_finite_differences(rng):
     costs = jnp.asarray(rng.uniform(0.0, 1.0, 5))

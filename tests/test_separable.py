@@ -37,17 +37,51 @@ def test_outer_sum_vmap_equals_loop_and_gradients_match_finite_differences():
 
 
 def test_constant_if_known_runs_at_trace_time_only_without_tracers():
-    seen = []
+    calls, constant = [], []
 
     def basis(x):
-        y = jnp.sin(x)
-        seen.append(isinstance(y, jax.core.Tracer))
-        return y
+        calls.append(1)
+        return jnp.sin(x)
 
     @jax.jit
     def f(a, x):
-        return a + constant_if_known(basis, np.arange(3.0)) + constant_if_known(basis, x)
+        known = constant_if_known(basis, np.arange(3.0))
+        traced = constant_if_known(basis, x)
+        constant.extend(
+            [not isinstance(known, jax.core.Tracer), isinstance(traced, jax.core.Tracer)]
+        )
+        return a + known + traced
 
     out = f(1.0, jnp.arange(3.0))
     np.testing.assert_allclose(out, 1.0 + 2 * np.sin(np.arange(3.0)), rtol=1e-15)
-    assert seen == [False, True]  # NumPy input: a constant; traced input: traced
+    # NumPy input: a concrete constant of the outer program; traced input: traced
+    assert constant == [True, True]
+    # the constant is one compiled program per function and shape: a new trace of
+    # the outer function (another dtype of `a`) does not trace `basis` again for it
+    n = len(calls)
+    f(np.float32(1.0), jnp.arange(3.0))
+    assert len(calls) == n + 1  # only the traced call re-traces
+
+
+def test_constant_if_known_shares_one_program_between_equal_bases():
+    from jaxmatch._model import Basis
+    from jaxmatch._separable import _compiled
+
+    def make():
+        return Basis(
+            "SPLINE",
+            (40, 56),
+            style="NATURAL_SPLINE",
+            knots_y=(4.5, 13.5, 22.5, 31.5, 36.0),
+            knots_x=tuple(np.arange(6) * 9.0 + 4),
+        )
+
+    first, second = make(), make()
+    assert first == second and first is not second
+    y = np.arange(40.0)
+    a = constant_if_known(first.matrix_y, y)
+    misses = _compiled.cache_info().misses
+    b = constant_if_known(second.matrix_y, y)
+    assert _compiled.cache_info().misses == misses  # the same compiled program
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, first.matrix_y(jnp.asarray(y)), rtol=1e-14, atol=1e-14)

@@ -14,6 +14,7 @@ Small images (64 x 96, binSize 16: 4 x 6 cells, so AKIMA has its 5 knots along x
 only where asked) and batches of 3 keep it fast.
 """
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,9 +65,20 @@ def _exposures(rng, n=3, dtype=np.float64):
 
 
 def _eager_image(model: BackgroundModel):
-    """The element-by-element evaluation at explicit pixel coordinates."""
+    """The element-by-element evaluation at explicit pixel coordinates.
+
+    The coordinates are arguments of the compiled function (traced, not constants),
+    so this is the general ``evaluate(y, x)`` path, not ``getImage``'s grid path;
+    compiled once per shape rather than run op by op (which compiles every
+    operation on its own).
+    """
     h, w = model.basis.shape
-    return model.evaluate(jnp.arange(h), jnp.arange(w))
+    return _evaluate_at(model, jnp.arange(h), jnp.arange(w))
+
+
+@eqx.filter_jit
+def _evaluate_at(model: BackgroundModel, y, x):
+    return model.evaluate(y, x)
 
 
 # -- 1. getImage ---------------------------------------------------------------------
