@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from ._custom_types import AnyArray, checks_own_arguments
+
 #: LSST's standard mask planes (name → bit number).
 DEFAULT_MASK_PLANES: dict[str, int] = {
     "BAD": 0,
@@ -156,6 +158,7 @@ def from_planes(image, mask, variance, mask_planes) -> Exposure:
     return Exposure(image, mask, variance, mask_planes=dict(mask_planes))
 
 
+@checks_own_arguments
 def stack_exposures(exposures: Sequence[Exposure]) -> Exposure:
     """Stack single exposures into a batch ``(N, H, W)``.
 
@@ -193,7 +196,7 @@ def stack_exposures(exposures: Sequence[Exposure]) -> Exposure:
 
 
 def estimate_variance(
-    image: Float[Array, "*batch H W"], mask: Int[Array, "*batch H W"]
+    image: Float[AnyArray, "*batch H W"], mask: Int[AnyArray, "*batch H W"]
 ) -> Float[Array, "*batch H W"]:
     """A constant variance plane estimated from the image's pixel-to-pixel noise.
 
@@ -225,7 +228,7 @@ def as_mask_planes(planes: Mapping[str, int] | None) -> dict[str, int]:
 
 
 def usable_mask(
-    values: Float[Array, "*shape"], *planes: tuple[Int[Array, "*shape"], int | Array]
+    values: Float[AnyArray, "*shape"], *planes: tuple[Int[AnyArray, "*shape"], int | Array]
 ) -> Bool[Array, "*shape"]:
     """The usable pixels: ``values`` finite and no bad bit set in any mask plane.
 

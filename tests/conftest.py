@@ -8,6 +8,8 @@ joins the list once its annotations pass (the others still annotate NumPy inputs
 as ``Array`` in places).
 """
 
+import os
+
 import jax
 
 jax.config.update("jax_enable_x64", True)
@@ -17,14 +19,19 @@ import pytest  # noqa: E402
 from jaxtyping import install_import_hook  # noqa: E402
 
 CHECKED = [
+    "jaxmatch._akima",
     "jaxmatch._basis",
     "jaxmatch._batch",
     "jaxmatch._chebyshev",
     "jaxmatch._compile",
+    "jaxmatch._evaluate",
+    "jaxmatch._exposure",
     "jaxmatch._fit",
     "jaxmatch._match",
     "jaxmatch._model",
     "jaxmatch._plan",
+    "jaxmatch._reference",
+    "jaxmatch._scaler",
     "jaxmatch._separable",
     "jaxmatch._spline",
     "jaxmatch._status",
@@ -33,6 +40,11 @@ CHECKED = [
 
 with install_import_hook(CHECKED, "beartype.beartype"):
     import jaxmatch  # noqa: E402, F401
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per core, at most 4 (each holds its own compilations)."""
+    return max(1, min(os.cpu_count() or 1, 4))
 
 
 @pytest.fixture
