@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import make_pair_batch
+from tolerances import TOL
 
 from jaxmatch import (
     BackgroundModel,
@@ -35,6 +36,9 @@ from jaxmatch._taskpath import EvaluatedModel, batch_item, match_list
 
 SHAPE = (80, 96)  # 5 x 6 cells of 16 px: AKIMA keeps its style on both axes
 DATASET = "deepCoadd_tempExp"
+# One computation compiled as two programs (tests/tolerances.py says why).
+SAME64 = TOL["float64", "program-vs-program"]
+SAME32 = TOL["float32", "program-vs-program"]
 CONFIGS = {
     "akima-mean": MatchBackgroundsConfig(binSize=16),  # LSST's defaults
     "natural-meanclip": MatchBackgroundsConfig(
@@ -43,16 +47,6 @@ CONFIGS = {
     "cheb-median": MatchBackgroundsConfig(
         binSize=16, usePolynomial=True, order=3, gridStatistic="MEDIAN"
     ),
-}
-# Tolerances (data: sky 100 ADU, noise sigma 1 ADU, model images ~10 ADU).
-TOL = {
-    # The same arithmetic compiled in two programs (a batch of N under vmap vs the
-    # list program; the jitted image vs the element-by-element one): only the
-    # order of additions differs, a few ulps of O(1e2) values in float64.
-    "float64": dict(rtol=0.0, atol=1e-9),
-    # float32: a few ulps of the values: ~1e-5 ADU on the O(1e2) sky (1e-5 of the
-    # noise sigma), 2e-3 ADU on the masked -1e4 ADU pixels of the matched images.
-    "float32": dict(rtol=1e-6, atol=5e-4),
 }
 
 
@@ -98,19 +92,17 @@ def test_get_image_compiles_once_per_basis_and_keeps_gradients(rng, monkeypatch)
     first = BackgroundModel(coefficients, basis).getImage()
     second = BackgroundModel(coefficients * 2, basis).getImage()
     assert len(traces) == 1  # a new model of the same basis reuses the compilation
-    np.testing.assert_allclose(
-        first, _eager_image(BackgroundModel(coefficients, basis)), **TOL["float64"]
-    )
+    np.testing.assert_allclose(first, _eager_image(BackgroundModel(coefficients, basis)), **SAME64)
     np.testing.assert_allclose(second, 2 * first, rtol=1e-12, atol=1e-12)
     batch = BackgroundModel(jnp.stack([coefficients, -coefficients]), basis).getImage()
-    np.testing.assert_allclose(batch, np.stack([first, -first]), **TOL["float64"])
+    np.testing.assert_allclose(batch, np.stack([first, -first]), **SAME64)
 
     weights = jnp.asarray(rng.normal(size=basis.shape))
     fast = jax.grad(lambda c: jnp.sum(weights * BackgroundModel(c, basis).getImage()))
     slow = jax.grad(lambda c: jnp.sum(weights * _eager_image(BackgroundModel(c, basis))))
     np.testing.assert_allclose(fast(coefficients), slow(coefficients), rtol=1e-9, atol=1e-9)
     jitted = jax.jit(lambda c: BackgroundModel(c, basis).getImage())(coefficients)
-    np.testing.assert_allclose(jitted, first, **TOL["float64"])
+    np.testing.assert_allclose(jitted, first, **SAME64)
 
 
 # -- 2. match_list -------------------------------------------------------------------
@@ -131,12 +123,12 @@ def test_match_list_equals_match_on_the_stack(rng, name):
         np.testing.assert_allclose(
             model.coefficients, expected.model.coefficients[k], rtol=1e-10, atol=1e-10
         )
-        np.testing.assert_allclose(model.getImage(), expected.model[k].getImage(), **TOL["float64"])
+        np.testing.assert_allclose(model.getImage(), expected.model[k].getImage(), **SAME64)
         # getImage (one compiled program) = the element-by-element evaluation
         np.testing.assert_allclose(
-            expected.model[k].getImage(), _eager_image(expected.model[k]), **TOL["float64"]
+            expected.model[k].getImage(), _eager_image(expected.model[k]), **SAME64
         )
-        np.testing.assert_allclose(fit.matched[k], expected.matched[k], **TOL["float64"])
+        np.testing.assert_allclose(fit.matched[k], expected.matched[k], **SAME64)
         # evaluate() elsewhere than the full grid is the plain model's
         y, x = jnp.asarray([0.0, 7.5, 79.0]), jnp.asarray([3.0, 95.0])
         np.testing.assert_allclose(model.evaluate(y, x), expected.model[k].evaluate(y, x))
@@ -149,10 +141,8 @@ def test_match_list_float32_and_increase_nxnysample(rng):
     fit = match_list(ref, scis, config)
     for k in range(3):
         assert fit.matched[k].dtype == jnp.float32
-        np.testing.assert_allclose(fit.matched[k], expected.matched[k], **TOL["float32"])
-        np.testing.assert_allclose(
-            fit.models[k].getImage(), expected.model[k].getImage(), **TOL["float32"]
-        )
+        np.testing.assert_allclose(fit.matched[k], expected.matched[k], **SAME32)
+        np.testing.assert_allclose(fit.models[k].getImage(), expected.model[k].getImage(), **SAME32)
     # the data-dependent re-binning goes through match itself: same results
     cheb = MatchBackgroundsConfig(
         binSize=16, usePolynomial=True, order=2, undersampleStyle="INCREASE_NXNYSAMPLE"
@@ -161,9 +151,7 @@ def test_match_list_float32_and_increase_nxnysample(rng):
     fit = match_list(ref, scis, cheb)
     np.testing.assert_array_equal(fit.status, np.asarray(expected.status))
     for k in range(3):
-        np.testing.assert_allclose(
-            fit.models[k].getImage(), expected.model[k].getImage(), **TOL["float32"]
-        )
+        np.testing.assert_allclose(fit.models[k].getImage(), expected.model[k].getImage(), **SAME32)
 
 
 def test_match_list_refuses_what_stack_refuses(rng):
@@ -191,14 +179,14 @@ def test_run_returns_the_engine_results(rng, name):
     for k, i in enumerate([0, 2, 3]):
         info = result.backgroundInfoList[i]
         np.testing.assert_allclose(
-            info.backgroundModel.getImage(), expected.model[k].getImage(), **TOL["float64"]
+            info.backgroundModel.getImage(), expected.model[k].getImage(), **SAME64
         )
         np.testing.assert_allclose(
-            info.backgroundModel.getImage(), _eager_image(expected.model[k]), **TOL["float64"]
+            info.backgroundModel.getImage(), _eager_image(expected.model[k]), **SAME64
         )
         np.testing.assert_allclose(info.fitRMS, float(expected.fitRMS[k]), rtol=1e-10)
         matched = result.matchedExposureList[i]
-        np.testing.assert_allclose(matched.image, expected.matched[k], **TOL["float64"])
+        np.testing.assert_allclose(matched.image, expected.matched[k], **SAME64)
         assert matched.mask is exposures[i].mask and matched.variance is exposures[i].variance
         assert matched.getMaskPlaneDict() == exposures[i].getMaskPlaneDict()
     # the exposures themselves are not modified
@@ -225,7 +213,7 @@ def test_run_failed_fit_has_no_matched_exposure_and_global_mode_fills_the_list(r
     for i in (1, 2):
         info, matched = out.backgroundInfoList[i], out.matchedExposureList[i]
         expected = scis[i - 1].image + info.backgroundModel.getImage()
-        np.testing.assert_allclose(matched.image, expected, **TOL["float64"])
+        np.testing.assert_allclose(matched.image, expected, **SAME64)
 
 
 # -- 4. helpers ----------------------------------------------------------------------
@@ -239,5 +227,3 @@ def test_batch_item_equals_indexing(shape):
     del batch  # the items keep their memory alive
     size = int(np.prod(shape[1:]))
     np.testing.assert_array_equal(item, (np.arange(size) + k * size).reshape(shape[1:]))
-
-
