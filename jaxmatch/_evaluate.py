@@ -17,8 +17,9 @@ program writes both), so nothing has to evaluate them again.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from ._compile import filter_jit
 
@@ -38,14 +39,14 @@ def _grid_image(coefficients: Float[Array, "*batch ky kx"], basis) -> Float[Arra
     return fn(coefficients)
 
 
-def grid_image(coefficients: Float[Array, "*batch ky kx"], basis) -> Float[Array, "*batch H W"]:
+def grid_image(coefficients: Float[ArrayLike, "*batch ky kx"], basis) -> Float[Array, "*batch H W"]:
     """The model image ``(*batch, H, W)`` of ``coefficients`` in ``basis`` on every pixel.
 
     The same values as ``basis.evaluate(c, arange(H), arange(W))`` (to the rounding
     of a compiled sum), computed by one cached compiled program. Works inside
     ``jit``/``grad``/``vmap`` too (then it is traced into the caller's program).
     """
-    return _grid_image(coefficients, basis)
+    return _grid_image(jnp.asarray(coefficients), basis)
 
 
 def model_image_output(model: Float[Array, "H W"], with_image: bool) -> dict:

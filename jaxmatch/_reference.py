@@ -97,7 +97,7 @@ __all__ = [
 
 
 def reference_statistics(
-    image: Float[Array, "H W"], usable: Bool[Array, "H W"]
+    image: Float[ArrayLike, "H W"], usable: Bool[ArrayLike, "H W"]
 ) -> tuple[Float[Array, ""], Float[Array, ""], Float[Array, ""]]:
     r"""Variance, level and coverage of one exposure over its usable pixels.
 
@@ -259,8 +259,8 @@ def _weighted_cost(terms, names) -> Float[Array, " N"]:
 
 
 def gen3_reference_statistics(
-    image: Float[Array, "H W"],
-    usable: Bool[Array, "H W"],
+    image: Float[ArrayLike, "H W"],
+    usable: Bool[ArrayLike, "H W"],
     bin_size: int,
     num_sigma_clip: float | Float[Array, ""] = 3.0,
     num_iter: int = 2,
