@@ -64,6 +64,7 @@ from ._fitsfile import (
 )
 from ._outputs import Outputs, PlanError, output_names, plan_outputs
 from ._sources import Detection, detect_sources
+from ._taskpath import DEFAULT_CHUNK_SIZE, chunk_length
 
 #: The group of every file with a single image (whatever its HDU is called).
 SINGLE = "*"
@@ -147,7 +148,7 @@ def match_files(
     gain: float | None = None,
     read_noise: float | None = None,
     detect: bool | None = None,
-    chunk_size: int = 16,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     table: str | Path | None = None,
     say: Callable[[str], None] | None = None,
     progress: Callable[..., Any] | None = None,
@@ -276,7 +277,7 @@ def match_files(
         for n in members
         if n != references[key] and not entries[n].error and not entries[n].kept
     ]
-    chunk = max(len(todo), 1) if config.matchMode == "GLOBAL" else chunk_size
+    global_mode = config.matchMode == "GLOBAL"
     fit_bar = bar(None, desc="fitting (compiling)", total=len(todo), unit="image")
     for key, members in groups.items():
         if references[key] < 0:
@@ -297,6 +298,8 @@ def match_files(
                 say(f"cannot read the reference {entries[r].path} again: {_reason(err, None)}")
                 continue
         ref_ref = _Ref(_label(entries[r], key), ref_exposure)
+        # balanced chunks, each fitted with one length (one compiled program)
+        chunk = len(work) if global_mode else chunk_length(len(work), chunk_size)
         for start in range(0, len(work), chunk):
             part = work[start : start + chunk]
             refs = []
@@ -309,7 +312,7 @@ def match_files(
                 except (ValueError, OSError, TypeError) as err:
                     entries[n].error = _reason(err, entries[n].path)
                     say(f"skipping {entries[n].path}: {entries[n].error}")
-            _fit_chunk(task, ref_ref, refs, key, results, messages)
+            _fit_chunk(task, ref_ref, refs, key, results, messages, chunk)
             fit_bar.update(len(part))
             fit_bar.set_description("fitting")
         del ref_exposure, ref_ref
@@ -477,24 +480,36 @@ def _check_shapes(entries, members, key, r) -> None:
             )
 
 
-def _fit_chunk(task, ref_ref, refs, key, results, messages) -> None:
+def _fit_chunk(task, ref_ref, refs, key, results, messages, size) -> None:
+    """Fit one chunk with `MatchBackgroundsTask.run`; ``refs`` is padded to ``size``
+    with repeats of its first exposure (results dropped), so that every chunk of a
+    run, the last one too, is one call of one compiled program."""
+    from ._task import describe_ref
+
     if not refs:
         return
     task.log.handlers[0].records.clear()
+    padding = [refs[0][1]] * (size - len(refs))
     try:
-        result = task.run([ref_ref] + [r for _, r in refs], "fits", refExpDataRef=ref_ref)
+        result = task.run(
+            [ref_ref] + [r for _, r in refs] + padding,
+            "fits",
+            refExpDataRef=ref_ref,
+            chunkSize=None,  # the chunk is this call
+        )
     except (ValueError, TypeError, RuntimeError) as err:
         for n, _ in refs:
             messages[n, key] = _reason(err, None)
         return
     infos = result.backgroundInfoList[1:]
     logged = list(task.log.handlers[0].records)
-    for (n, r), info in zip(refs, infos):
+    for place, ((n, r), info) in enumerate(zip(refs, infos), start=1):
         if info.backgroundModel is not None:
             results[n, key] = info
-        else:
+        else:  # the task names it "expRefList[place] (label): why"
+            said = f"{describe_ref(place, r)}: "
             messages[n, key] = next(
-                (m.split(": ", 1)[-1] for m in logged if repr(r) in m), "the fit failed"
+                (m.split(said, 1)[-1] for m in logged if said in m), "the fit failed"
             )
 
 
