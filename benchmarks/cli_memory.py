@@ -11,8 +11,8 @@ is the bound the chunked command line promises: about
     + the engine's buffers for one chunk
 
 With ``--task``: the same for `MatchBackgroundsTask.run` on N in-memory
-exposures (simulated in the child process, float32), with ``chunkSize`` =
-``--chunk-size`` and with one call (``chunkSize=None``). Its bound grows with N by
+exposures (simulated in the child process, float32), with ``task.chunkSize`` =
+``--chunk-size`` and with one call (``task.chunkSize = None``). Its bound grows with N by
 what ``run`` returns and is given (the N exposures, matched images and model
 images); chunking removes the engine's N-sized working set on top of that.
 
@@ -112,9 +112,9 @@ for i in range(count):
 del sky, image
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
-result = MatchBackgroundsTask(MatchBackgroundsConfig()).run(
-    exposures, "exposure", refExpDataRef=exposures[0], chunkSize=chunk
-)
+task = MatchBackgroundsTask(MatchBackgroundsConfig())
+task.chunkSize = chunk
+result = task.run(exposures, "exposure", refExpDataRef=exposures[0])
 assert all(i.backgroundModel is not None for i in result.backgroundInfoList[1:])
 wall = time.perf_counter() - t0
 print("MAXRSS", base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, wall, file=sys.stderr)

@@ -230,6 +230,7 @@ def match_files(
             say(f"skipping {f.path}: {f.error}")
 
     task = MatchBackgroundsTask(config, log=_capture_log())
+    task.chunkSize = None  # each call of the task is one chunk of files, padded here
     digest = config_digest(config)
     detection = Detection()
     plain_seen = False
@@ -513,7 +514,6 @@ def _fit_chunk(task, ref_ref, refs, key, results, messages, size) -> None:
             [ref_ref] + [r for _, r in refs] + padding,
             "fits",
             refExpDataRef=ref_ref,
-            chunkSize=None,  # the chunk is this call
         )
     except (ValueError, TypeError, RuntimeError) as err:
         for n, _ in refs:

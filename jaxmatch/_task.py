@@ -109,8 +109,6 @@ class MatchBackgroundsTask(Task):
         imageScalerList: Sequence[ImageScaler] | None = None,
         refExpDataRef: Any = None,
         refImageScaler: ImageScaler | None = None,
-        *,
-        chunkSize: int | None = DEFAULT_CHUNK_SIZE,
     ) -> Struct:
         """Match every exposure of ``expRefList`` to a reference, in batched fits.
 
@@ -127,24 +125,20 @@ class MatchBackgroundsTask(Task):
         the (scaled) reference itself for the reference, None where the fit failed.
         The exposures are not modified.
 
-        ``chunkSize`` (jaxmatch; keyword-only): the science exposures are fitted
-        ``chunkSize`` at a time at most (default 16, as ``jaxmatch match
-        --chunk-size``), so the engine's working memory (the stacked planes, binned
-        grids, design matrices of one call) is bounded whatever the list's length;
-        the chunks are balanced and padded to one length, so one compiled program
-        serves them all; None fits them in one call. The results do not depend on it.
-        What is returned (every matched image and model image) and the input list
-        itself still grow with N. GLOBAL mode (one joint solve) ignores it.
+        The science exposures are fitted `chunkSize` at a time at most (see there):
+        the engine's working memory does not grow with the list's length; the
+        results do not depend on it.
 
         Warnings name each exposure by its place in the list and what it carries:
         ``expRefList[3] (/data/v3.fits)``, ``expRefList[3] (dataId {'visit': 3})``,
         ``expRefList[3] (Exposure 2048x2048)``.
 
         Raises `ValueError` for an empty list, a scaler list of the wrong length, a
-        reference not in the list or a bad ``chunkSize``, and `RuntimeError` naming a
+        reference not in the list or a bad `chunkSize`, and `RuntimeError` naming a
         missing exposure.
         """
         self.staticConfig  # validate the config (FieldValidationError naming the field)
+        chunkSize = self.chunkSize
         check_chunk_size(chunkSize, "chunkSize")
         expRefList = list(expRefList)
         if not expRefList:
@@ -193,6 +187,26 @@ class MatchBackgroundsTask(Task):
             refIndex=isRef.index(True),
             matchedExposureList=matchedList,
         )
+
+    @property
+    def chunkSize(self) -> int | None:
+        """Science exposures per compiled call of `run` (jaxmatch; default 16, as
+        ``jaxmatch match --chunk-size``); set it on the task: ``task.chunkSize = 8``.
+
+        The engine's working memory (the stacked planes, binned grids and design
+        matrices of one call) is then bounded whatever the length of ``expRefList``.
+        The chunks are balanced (20 exposures: 2 calls of 10) and padded to one
+        length with repeats of their first exposure (results dropped), so one
+        compiled program serves them all. None: every exposure in one call. The
+        results do not depend on it. What `run` returns (every matched image and
+        model image) and the list it is given still grow with N. GLOBAL mode (one
+        joint solve) ignores it.
+
+        A task attribute rather than a `run` argument or a config field: `run` keeps
+        LSST's signature, and the config is the compiled key (and the digest
+        ``jaxmatch match --resume`` compares), which a memory setting must not change.
+        """
+        return self._state.extras.get("chunkSize", DEFAULT_CHUNK_SIZE)
 
     def _logFailure(self, name: str, reason) -> None:
         self.log.warning("Failed to fit background %s: %s", name, reason)

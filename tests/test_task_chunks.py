@@ -1,6 +1,6 @@
 """`MatchBackgroundsTask.run` in chunks, and how its warnings name exposures.
 
-1. ``run(..., chunkSize=k)`` equals ``run(..., chunkSize=None)`` (one call):
+1. ``run`` with ``task.chunkSize = k`` equals ``run`` with ``None`` (one call):
    the chosen reference, every fit's success or failure (and its warning), the
    diagnostics, the models and the matched exposures, in float64 and float32.
 2. Each engine call sees at most ``chunkSize`` exposures, and every call of a run
@@ -62,8 +62,9 @@ def _messages(caplog):
 
 def _run(task, exposures, caplog, chunk_size):
     caplog.clear()
+    task.chunkSize = chunk_size
     with caplog.at_level(logging.WARNING):
-        result = task.run(exposures, DATASET, chunkSize=chunk_size)
+        result = task.run(exposures, DATASET)
     return result, _messages(caplog)
 
 
@@ -135,8 +136,12 @@ def test_chunk_length_is_balanced_and_bounded():
 @pytest.mark.parametrize("bad", [0, -2, 2.5, True, "4"])
 def test_bad_chunk_size_is_refused_naming_it(rng, bad):
     exposures = _exposures(rng, 4)
+    task = MatchBackgroundsTask(CONFIG)
+    assert task.chunkSize == DEFAULT_CHUNK_SIZE == 16
+    task.chunkSize = bad
     with pytest.raises(ValueError, match="chunkSize must be a positive integer"):
-        MatchBackgroundsTask(CONFIG).run(exposures, DATASET, chunkSize=bad)
+        task.run(exposures, DATASET)
+    assert MatchBackgroundsTask(CONFIG).chunkSize == 16  # set on one task, not the class
 
 
 def test_cli_default_chunk_size_is_the_tasks():
