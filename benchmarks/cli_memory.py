@@ -10,10 +10,21 @@ is the bound the chunked command line promises: about
     + (chunk_size + 1) exposures of S² pixels held as Exposure (12 bytes/pixel)
     + the engine's buffers for one chunk
 
+With ``--task``: the same for `MatchBackgroundsTask.run` on N in-memory
+exposures (simulated in the child process, float32), with ``task.chunkSize`` =
+``--chunk-size`` and with one call (``task.chunkSize = None``). Its bound grows with N by
+what ``run`` returns and is given (the N exposures, matched images and model
+images); chunking removes the engine's N-sized working set on top of that.
+
+With ``--reads``: the time to read one file of ``--size``² (bytes from the page
+cache, FITS decoding, the Exposure), what a second read of a file costs.
+
 Usage::
 
     python benchmarks/cli_memory.py --size 1024 --counts 4 8 16 --chunk-size 4
     python benchmarks/cli_memory.py --size 2048 --counts 16 64          # the issue's target
+    python benchmarks/cli_memory.py --task --size 1024 --counts 16 32 --chunk-size 16
+    python benchmarks/cli_memory.py --reads --size 2048
 
 Results are printed as a table and, with --json, written to a file.
 """
@@ -85,6 +96,65 @@ def run_once(paths: list[Path], out: Path, chunk_size: int, extra: list[str]) ->
     return dict(peak_mib=peak_kib / 1024, wall_s=wall)
 
 
+_TASK_CODE = """
+import resource, sys, time
+import numpy as np
+from jaxmatch import Exposure, MatchBackgroundsConfig, MatchBackgroundsTask
+count, size, chunk = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+chunk = None if chunk == "none" else int(chunk)
+rng = np.random.default_rng(0)
+yy, xx = np.mgrid[:size, :size].astype(np.float32) / size
+exposures = []
+for i in range(count):
+    sky = 1000 + 30 * rng.normal() + 20 * rng.normal() * xx + 20 * rng.normal() * yy
+    image = (sky + rng.normal(0, 10, (size, size))).astype(np.float32)
+    exposures.append(Exposure(image, None, np.full((size, size), 100.0, np.float32)))
+del sky, image
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+task = MatchBackgroundsTask(MatchBackgroundsConfig())
+task.chunkSize = chunk
+result = task.run(exposures, "exposure", refExpDataRef=exposures[0])
+assert all(i.backgroundModel is not None for i in result.backgroundInfoList[1:])
+wall = time.perf_counter() - t0
+print("MAXRSS", base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, wall, file=sys.stderr)
+"""
+
+
+def run_task(count: int, size: int, chunk_size: int | None) -> dict:
+    """`MatchBackgroundsTask.run` in a fresh process: peak RSS before and after [MiB]."""
+    chunk = "none" if chunk_size is None else str(chunk_size)
+    run = subprocess.run(
+        [sys.executable, "-c", _TASK_CODE, str(count), str(size), chunk],
+        capture_output=True,
+        text=True,
+    )
+    if run.returncode != 0:
+        raise RuntimeError(f"task.run failed ({run.returncode}):\n{run.stderr[-2000:]}")
+    line = next(x for x in run.stderr.splitlines() if x.startswith("MAXRSS"))
+    _, before, after, wall = line.split()
+    return dict(inputs_peak_mib=int(before) / 1024, peak_mib=int(after) / 1024, wall_s=float(wall))
+
+
+def time_reads(size: int, repeat: int = 5) -> dict:
+    """Seconds to read one LSST-layout file of ``size``² (page cache warm): bytes,
+    decoding and the Exposure, as ``jaxmatch match`` reads a file again."""
+    from jaxmatch._fitsfile import open_fits, read_bytes, read_slot, scan_slots
+
+    with tempfile.TemporaryDirectory() as scratch:
+        (path,) = write_inputs(Path(scratch), 1, size)
+        slot = scan_slots(path)[0]
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            data = read_bytes(path)
+            with open_fits(path, data) as hdus:
+                exposure = read_slot(hdus, slot, path)
+            exposure.image.block_until_ready()
+            times.append(time.perf_counter() - t0)
+        return dict(size=size, file_mib=path.stat().st_size / 2**20, read_s=min(times))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1024, help="image side [pixels]")
@@ -93,7 +163,29 @@ def main(argv=None) -> int:
     parser.add_argument("--folder", type=Path, help="scratch folder (default: a temp dir)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--set", action="append", default=[], help="passed to jaxmatch")
+    parser.add_argument("--task", action="store_true", help="MatchBackgroundsTask.run instead")
+    parser.add_argument("--reads", action="store_true", help="time one read of a file")
     args = parser.parse_args(argv)
+    if args.reads:
+        r = time_reads(args.size)
+        print(f"{args.size}^2: one read of a {r['file_mib']:.0f} MiB file {r['read_s']:.3f} s")
+        return 0
+    if args.task:
+        results = []
+        for count in args.counts:
+            for chunk in (args.chunk_size, None):
+                r = run_task(count, args.size, chunk)
+                r.update(count=count, size=args.size, chunk_size=chunk)
+                results.append(r)
+                print(
+                    f"task.run N={count:4d}  {args.size}^2  chunkSize {chunk}: peak RSS "
+                    f"{r['peak_mib']:8.1f} MiB (inputs built: {r['inputs_peak_mib']:8.1f} MiB), "
+                    f"{r['wall_s']:6.1f} s",
+                    flush=True,
+                )
+        if args.json:
+            args.json.write_text(json.dumps(dict(cpu_count=os.cpu_count(), results=results)))
+        return 0
     extra = [x for item in args.set for x in ("--set", item)]
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.folder or Path(scratch)

@@ -163,9 +163,27 @@ def stack_exposures(exposures: Sequence[Exposure]) -> Exposure:
     """Stack single exposures into a batch ``(N, H, W)``.
 
     All must have the same shape, dtype and mask-plane dictionary
-    (`ValueError` naming the first that differs).
+    (`ValueError` naming the first that differs; see `check_stackable`).
     """
     exposures = list(exposures)
+    check_stackable(exposures)
+    first = exposures[0]
+    return from_planes(
+        jnp.stack([e.image for e in exposures]),
+        jnp.stack([e.mask for e in exposures]),
+        jnp.stack([e.variance for e in exposures]),
+        first.mask_planes,
+    )
+
+
+def check_stackable(exposures: Sequence[Exposure]) -> None:
+    """Raise unless ``exposures`` could be stacked into one batch ``(N, H, W)``.
+
+    Non-empty; every item a single `Exposure` (no batch axis) with the shape, dtype
+    and mask-plane dictionary of the first (`TypeError` / `ValueError` naming the
+    first item that differs). The one check behind `stack_exposures` and the task's
+    list path (`jaxmatch._taskpath.match_list`), which stacks inside its program.
+    """
     if not exposures:
         raise ValueError("cannot stack an empty list of exposures")
     first = exposures[0]
@@ -187,12 +205,6 @@ def stack_exposures(exposures: Sequence[Exposure]) -> Exposure:
                 f"exposure {i} has mask planes {exp.getMaskPlaneDict()}, "
                 f"exposure 0 has {first.getMaskPlaneDict()}"
             )
-    return from_planes(
-        jnp.stack([e.image for e in exposures]),
-        jnp.stack([e.mask for e in exposures]),
-        jnp.stack([e.variance for e in exposures]),
-        first.mask_planes,
-    )
 
 
 def estimate_variance(

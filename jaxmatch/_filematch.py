@@ -5,17 +5,26 @@
 1. plans every output (`jaxmatch._outputs`) and refuses collisions, checks that
    ``out`` and the table's folder can be written, removes temporary files a killed
    run left for these outputs: all before reading a pixel;
-2. reads each file once to checksum it and measure the reference statistics of its
-   images (LSST's cost: variance, level, coverage), one file at a time;
+2. reads each file (its bytes, once) to checksum it and measure the reference
+   statistics of its images (LSST's cost: variance, level, coverage), one file
+   at a time;
 3. per image key (``PRIMARY``, ``IMAGE``, or ``CCD1``, ``CCD2``, ... of
    multi-extension files) chooses the reference (or takes ``ref``'s image) and
-   fits the other files' images to it in chunks of ``chunk_size`` exposures
-   (`MatchBackgroundsTask.run` on each chunk), keeping only the small models;
+   fits the other files' images to it in balanced chunks of at most
+   ``chunk_size`` exposures, each padded to one length (`MatchBackgroundsTask.run`
+   on each chunk: one compiled program), keeping only the models' coefficients;
 4. writes each file's outputs (model files, model image, matched file with the
    input's layout and cards, `jaxmatch._fitsfile.write_like`), one file at a time.
 
+Reads: a run of at most ``chunk_size`` files keeps each file's bytes (and its
+exposures) from step 2 until it is written: every file is read once, after the
+header scan of step 1. A larger run reads a file again in step 3 (its chunk) and
+in step 4 (its outputs) rather than hold every file: a re-read costs far less than
+a fit (docs/reliability.md, measured).
+
 Memory: the reference, one chunk of exposures and the engine's buffers for it, and
-the fitted models (a few kB each); never every exposure at once.
+the fitted models' coefficients (a few kB each; the model image is evaluated
+again when written); never every exposure at once.
 
 A file that cannot be read, fitted or written is reported (one line naming it and
 why) and the others go on; the `MatchReport` says which. Plain images (no mask
@@ -56,14 +65,16 @@ from ._atomic import remove_stale_temps
 from ._fitsfile import (
     ImageSlot,
     ascii_card_text,
-    file_checksum,
+    bytes_checksum,
     open_fits,
+    read_bytes,
     read_slot,
     scan_slots,
     write_like,
 )
 from ._outputs import Outputs, PlanError, output_names, plan_outputs
 from ._sources import Detection, detect_sources
+from ._taskpath import DEFAULT_CHUNK_SIZE, chunk_length
 
 #: The group of every file with a single image (whatever its HDU is called).
 SINGLE = "*"
@@ -121,6 +132,7 @@ class _File:
     recorded: dict[str, fits.Header] = dataclasses.field(default_factory=dict)
     said: bool = False
     names: dict[str, str] = dataclasses.field(default_factory=dict)
+    data: bytes | None = None  # the file's bytes, held from reading to writing (small runs)
 
 
 class _Ref:
@@ -147,7 +159,7 @@ def match_files(
     gain: float | None = None,
     read_noise: float | None = None,
     detect: bool | None = None,
-    chunk_size: int = 16,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     table: str | Path | None = None,
     say: Callable[[str], None] | None = None,
     progress: Callable[..., Any] | None = None,
@@ -218,6 +230,7 @@ def match_files(
             say(f"skipping {f.path}: {f.error}")
 
     task = MatchBackgroundsTask(config, log=_capture_log())
+    task.chunkSize = None  # each call of the task is one chunk of files, padded here
     digest = config_digest(config)
     detection = Detection()
     plain_seen = False
@@ -231,8 +244,11 @@ def match_files(
         if f.error:
             continue
         try:
-            f.checksum = file_checksum(f.path)
-            with open_fits(f.path) as hdus:
+            data = read_bytes(f.path)  # one read: checksum and images from these bytes
+            f.checksum = bytes_checksum(data)
+            if keep_in_memory:  # fitted and written from memory: never read again
+                f.data = data
+            with open_fits(f.path, data) as hdus:
                 for slot in f.slots:
                     exposure = _read(hdus, slot, f, gain, read_noise, detect, detection)
                     f.plain = f.plain or not slot.lsst
@@ -244,6 +260,7 @@ def match_files(
             f.error = _reason(err, f.path)
             say(f"skipping {f.path}: {f.error}")
         plain_seen = plain_seen or f.plain
+        data = None
     if plain_seen and detect is False and config.gridStatistic == "MEAN":
         say(
             "plain images have no mask planes, so their sources are not masked and the "
@@ -276,7 +293,7 @@ def match_files(
         for n in members
         if n != references[key] and not entries[n].error and not entries[n].kept
     ]
-    chunk = max(len(todo), 1) if config.matchMode == "GLOBAL" else chunk_size
+    global_mode = config.matchMode == "GLOBAL"
     fit_bar = bar(None, desc="fitting (compiling)", total=len(todo), unit="image")
     for key, members in groups.items():
         if references[key] < 0:
@@ -297,6 +314,8 @@ def match_files(
                 say(f"cannot read the reference {entries[r].path} again: {_reason(err, None)}")
                 continue
         ref_ref = _Ref(_label(entries[r], key), ref_exposure)
+        # balanced chunks, each fitted with one length (one compiled program)
+        chunk = len(work) if global_mode else chunk_length(len(work), chunk_size)
         for start in range(0, len(work), chunk):
             part = work[start : start + chunk]
             refs = []
@@ -309,7 +328,8 @@ def match_files(
                 except (ValueError, OSError, TypeError) as err:
                     entries[n].error = _reason(err, entries[n].path)
                     say(f"skipping {entries[n].path}: {entries[n].error}")
-            _fit_chunk(task, ref_ref, refs, key, results, messages)
+            # GLOBAL is one joint solve: a padded copy would weigh in it
+            _fit_chunk(task, ref_ref, refs, key, results, messages, 0 if global_mode else chunk)
             fit_bar.update(len(part))
             fit_bar.set_description("fitting")
         del ref_exposure, ref_ref
@@ -322,6 +342,7 @@ def match_files(
     written = kept = failed = 0
     repaired: list[tuple[Path, str]] = []
     for n, f in enumerate(bar(entries, desc="writing", unit="file")):
+        held, f.data = f.data, None  # released once this file is written
         if f.error:
             failed += 1
             rows += _failed_rows(f, f.error)
@@ -344,7 +365,7 @@ def match_files(
             rows += _failed_rows(f, problem, results, references, n)
             continue
         try:
-            fixes = _write_outputs(f, n, entries, references, results, config, digest)
+            fixes = _write_outputs(f, n, entries, references, results, config, digest, held)
         except (OSError, ValueError) as err:
             message = _reason(err, f.path)
             say(f"nothing more written for {f.path}: {message}")
@@ -413,7 +434,7 @@ def _read(hdus, slot, f: _File, gain, read_noise, detect, detection):
 
 def _reload(f: _File, key: str, gain, read_noise, detect):
     slot = next(s for s in f.slots if s.key == key)
-    with open_fits(f.path) as hdus:
+    with open_fits(f.path, f.data) as hdus:
         return _read(hdus, slot, f, gain, read_noise, detect, Detection())
 
 
@@ -477,24 +498,40 @@ def _check_shapes(entries, members, key, r) -> None:
             )
 
 
-def _fit_chunk(task, ref_ref, refs, key, results, messages) -> None:
+def _fit_chunk(task, ref_ref, refs, key, results, messages, size) -> None:
+    """Fit one chunk with `MatchBackgroundsTask.run`; ``refs`` is padded to ``size``
+    with repeats of its first exposure (results dropped), so that every chunk of a
+    run, the last one too, is one call of one compiled program."""
+    from ._model import BackgroundModel
+    from ._task import describe_ref
+
     if not refs:
         return
     task.log.handlers[0].records.clear()
+    padding = [refs[0][1]] * max(size - len(refs), 0)
     try:
-        result = task.run([ref_ref] + [r for _, r in refs], "fits", refExpDataRef=ref_ref)
+        result = task.run(
+            [ref_ref] + [r for _, r in refs] + padding,
+            "fits",
+            refExpDataRef=ref_ref,
+        )
     except (ValueError, TypeError, RuntimeError) as err:
         for n, _ in refs:
             messages[n, key] = _reason(err, None)
         return
     infos = result.backgroundInfoList[1:]
     logged = list(task.log.handlers[0].records)
-    for (n, r), info in zip(refs, infos):
+    for place, ((n, r), info) in enumerate(zip(refs, infos), start=1):
         if info.backgroundModel is not None:
+            # Kept until written: the coefficients only (a few kB), not the model image
+            # (the size of the exposure); it is evaluated again when written.
+            model = info.backgroundModel
+            info.backgroundModel = BackgroundModel(model.coefficients, model.basis)
             results[n, key] = info
-        else:
+        else:  # the task names it "expRefList[place] (label): why"
+            said = f"{describe_ref(place, r)}: "
             messages[n, key] = next(
-                (m.split(": ", 1)[-1] for m in logged if repr(r) in m), "the fit failed"
+                (m.split(said, 1)[-1] for m in logged if said in m), "the fit failed"
             )
 
 
@@ -606,7 +643,9 @@ def _resumable(f: _File, digest: str, refs: str) -> tuple[bool, str]:
 
 
 # -- writing -----------------------------------------------------------------------------
-def _write_outputs(f: _File, n, entries, references, results, config, digest) -> list[str]:
+def _write_outputs(f: _File, n, entries, references, results, config, digest, held) -> list[str]:
+    """Write ``f``'s outputs; ``held``: its bytes when still in memory (else read once
+    here, for both the pixels and the layout and cards the outputs copy)."""
     from ._fitsfile import native
     from ._persist import writeModel
 
@@ -623,7 +662,8 @@ def _write_outputs(f: _File, n, entries, references, results, config, digest) ->
     cards: dict[int, list[fits.Card]] = {}
     matched: dict[int, np.ndarray] = {}
     models: dict[int, np.ndarray] = {}
-    with open_fits(f.path) as hdus:
+    held = read_bytes(f.path) if held is None else held
+    with open_fits(f.path, held) as hdus:
         for slot in f.slots:
             r = references[slot.key]
             ref_name = ascii_card_text(entries[r].path.name)
@@ -669,8 +709,8 @@ def _write_outputs(f: _File, n, entries, references, results, config, digest) ->
     refs = ascii_card_text(_ref_names(entries, references, f))
     cards[0].append(fits.Card("HISTORY", f"jaxmatch: background matched to {refs}"))
     if o.model_image is not None:
-        write_like(f.path, o.model_image, models, cards, images_only=True)
-    return write_like(f.path, o.matched, matched, cards)
+        write_like(f.path, o.model_image, models, cards, images_only=True, data=held)
+    return write_like(f.path, o.matched, matched, cards, data=held)
 
 
 def _ref_names(entries, references, f: _File) -> str:

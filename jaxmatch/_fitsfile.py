@@ -23,6 +23,7 @@ import bz2
 import contextlib
 import gzip
 import hashlib
+import io
 import urllib.parse
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -50,20 +51,27 @@ class ImageSlot(NamedTuple):
 
 
 @contextlib.contextmanager
-def open_fits(path: Path) -> Iterator[fits.HDUList]:
+def open_fits(path: Path, data: bytes | None = None) -> Iterator[fits.HDUList]:
     """``fits.open`` that refuses a truncated or damaged file with a `ValueError`
-    naming it (astropy only warns about those)."""
+    naming it (astropy only warns about those).
+
+    ``data``: the file's bytes, already read (`read_bytes`): opened from memory
+    (gzip or bzip2 content decompressed), ``path`` only names it; None: read
+    ``path``.
+    """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such file: {path}")
-    if path.is_dir():
-        raise ValueError(f"cannot read {path} as a FITS exposure: it is a directory")
+    if data is None:
+        if not path.exists():
+            raise FileNotFoundError(f"no such file: {path}")
+        if path.is_dir():
+            raise ValueError(f"cannot read {path} as a FITS exposure: it is a directory")
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings(
                 "error", message="(File may have been truncated|Error validating header)"
             )
-            with fits.open(path, memmap=False) as hdus:
+            source = path if data is None else io.BytesIO(_decompressed(data))
+            with fits.open(source, memmap=False) as hdus:
                 yield hdus
     except (OSError, TypeError, ValueError, IndexError, KeyError, UserWarning) as err:
         if isinstance(err, ValueError) and str(err).startswith(str(path)):
@@ -143,6 +151,7 @@ def write_like(
     cards: Mapping[int, Sequence[fits.Card]] = {},
     *,
     images_only: bool = False,
+    data: bytes | None = None,
 ) -> list[str]:
     """Write ``target`` with the layout and header cards of ``source``, atomically.
 
@@ -153,10 +162,11 @@ def write_like(
         cards: HDU index → cards added to (or replacing those in) its header.
         images_only: keep only the primary HDU and the HDUs in ``images`` (for a
             model image: no mask, variance or tables).
+        data: ``source``'s bytes when already read (not read again).
 
     Returns the repairs astropy made to cards it would not write (one string each).
     """
-    with open_fits(source) as hdus:
+    with open_fits(source, data) as hdus:
         out = []
         for i, hdu in enumerate(hdus):
             if i in images:
@@ -177,6 +187,32 @@ def write_like(
         repairs = _repair(hdulist)
         atomic_write(target, lambda f: _write(hdulist, f, target))
     return repairs
+
+
+def read_bytes(path: Path) -> bytes:
+    """The bytes of the file at ``path`` (`FileNotFoundError` / `ValueError` naming
+    it): read once, then checksummed (`bytes_checksum`) and opened from memory
+    (`open_fits` with ``data``)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    if path.is_dir():
+        raise ValueError(f"cannot read {path} as a FITS exposure: it is a directory")
+    return path.read_bytes()
+
+
+def bytes_checksum(data: bytes) -> str:
+    """SHA-256 of a file's bytes (hex): `file_checksum` of bytes already read."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _decompressed(data: bytes) -> bytes:
+    """gzip or bzip2 content decompressed (recognised by its magic bytes), else as is."""
+    if data[:2] == b"\x1f\x8b":
+        return gzip.decompress(data)
+    if data[:3] == b"BZh":
+        return bz2.decompress(data)
+    return data
 
 
 def file_checksum(path: Path) -> str:

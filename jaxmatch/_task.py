@@ -42,7 +42,14 @@ from ._reference import (
 )
 from ._scaler import ImageScaler
 from ._taskbase import Struct, Task
-from ._taskpath import ListFit, batch_item, match_list
+from ._taskpath import (
+    DEFAULT_CHUNK_SIZE,
+    ListFit,
+    batch_item,
+    check_chunk_size,
+    chunk_length,
+    match_list,
+)
 
 
 class MatchBackgroundsTask(Task):
@@ -103,7 +110,7 @@ class MatchBackgroundsTask(Task):
         refExpDataRef: Any = None,
         refImageScaler: ImageScaler | None = None,
     ) -> Struct:
-        """Match every exposure of ``expRefList`` to a reference, in one batched fit.
+        """Match every exposure of ``expRefList`` to a reference, in batched fits.
 
         Chooses the reference with `selectRefExposure` when ``refExpDataRef`` is
         None; otherwise it must be one of ``expRefList`` (identity, or equal path).
@@ -118,10 +125,21 @@ class MatchBackgroundsTask(Task):
         the (scaled) reference itself for the reference, None where the fit failed.
         The exposures are not modified.
 
-        Raises `ValueError` for an empty list, a scaler list of the wrong length or a
-        reference not in the list, and `RuntimeError` naming a missing exposure.
+        The science exposures are fitted `chunkSize` at a time at most (see there):
+        the engine's working memory does not grow with the list's length; the
+        results do not depend on it.
+
+        Warnings name each exposure by its place in the list and what it carries:
+        ``expRefList[3] (/data/v3.fits)``, ``expRefList[3] (dataId {'visit': 3})``,
+        ``expRefList[3] (Exposure 2048x2048)``.
+
+        Raises `ValueError` for an empty list, a scaler list of the wrong length, a
+        reference not in the list or a bad `chunkSize`, and `RuntimeError` naming a
+        missing exposure.
         """
         self.staticConfig  # validate the config (FieldValidationError naming the field)
+        chunkSize = self.chunkSize
+        check_chunk_size(chunkSize, "chunkSize")
         expRefList = list(expRefList)
         if not expRefList:
             raise ValueError("expRefList is empty: nothing to match")
@@ -133,6 +151,7 @@ class MatchBackgroundsTask(Task):
             # Every exposure must exist (RuntimeError naming it); each is read once.
             scalers = imageScalerList or [None] * len(expRefList)
             loaded = [_load(r, expDatasetType) for r in expRefList]
+            names = [describe_ref(i, r) for i, r in enumerate(expRefList)]
             if refExpDataRef is None:
                 refIndex = self._referenceIndex([_scaled(e, s) for e, s in zip(loaded, scalers)])
                 refExpDataRef = expRefList[refIndex]
@@ -148,15 +167,17 @@ class MatchBackgroundsTask(Task):
                 exposure = _scaled(loaded[i], scalers[i])
                 problem = _incompatible(refExposure, exposure)
                 if problem:
-                    self._logFailure(expRefList[i], problem)
+                    self._logFailure(names[i], problem)
                 else:
                     batch.append(exposure)
                     batchIndices.append(i)
             if self.staticConfig.matchMode == "GLOBAL":
-                self._fitGlobal(refExposure, batch, batchIndices, expRefList, infos, matchedList)
+                self._fitGlobal(refExposure, batch, batchIndices, names, infos, matchedList)
             else:
                 for groupIndices, group in _groups(batchIndices, batch):
-                    self._fitBatch(refExposure, group, groupIndices, expRefList, infos, matchedList)
+                    self._fitBatch(
+                        refExposure, group, groupIndices, names, infos, matchedList, chunkSize
+                    )
             self.metadata["numExposures"] = len(expRefList)
             self.metadata["numFailed"] = sum(
                 1 for s in infos if not s.isReference and s.backgroundModel is None
@@ -167,37 +188,70 @@ class MatchBackgroundsTask(Task):
             matchedExposureList=matchedList,
         )
 
-    def _logFailure(self, ref, reason) -> None:
-        self.log.warning("Failed to fit background %s: %s", _describe(ref), reason)
+    @property
+    def chunkSize(self) -> int | None:
+        """Science exposures per compiled call of `run` (jaxmatch; default 16, as
+        ``jaxmatch match --chunk-size``); set it on the task: ``task.chunkSize = 8``.
 
-    def _fitBatch(self, refExposure, group, indices, expRefList, infos, matchedList):
-        """One compiled call of the engine for exposures with one shape and plane set
-        (`match_list`: no stacked copy; model and matched images computed once).
+        The engine's working memory (the stacked planes, binned grids and design
+        matrices of one call) is then bounded whatever the length of ``expRefList``.
+        The chunks are balanced (20 exposures: 2 calls of 10) and padded to one
+        length with repeats of their first exposure (results dropped), so one
+        compiled program serves them all. None: every exposure in one call. The
+        results do not depend on it. What `run` returns (every matched image and
+        model image) and the list it is given still grow with N. GLOBAL mode (one
+        joint solve) ignores it.
 
-        Any exception fails the exposures of this call (logged, None fields), as an
-        exception in one fit does in LSST's loop; the other groups go on.
+        A task attribute rather than a `run` argument or a config field: `run` keeps
+        LSST's signature, and the config is the compiled key (and the digest
+        ``jaxmatch match --resume`` compares), which a memory setting must not change.
         """
-        try:
-            fit = match_list(refExposure, group, self.staticConfig, roughness=self.splineRoughness)
-        except Exception as err:  # noqa: BLE001 - LSST logs a failed fit and goes on
-            for i in indices:
-                self._logFailure(expRefList[i], f"{type(err).__name__}: {err}")
-            return
-        for k, i in enumerate(indices):
-            self._record(fit, k, expRefList[i], infos, i)
-            if infos[i].backgroundModel is not None:
-                matchedList[i] = _with_image(group[k], fit.matched[k])
+        return self._state.extras.get("chunkSize", DEFAULT_CHUNK_SIZE)
 
-    def _record(self, fit, k, ref, infos, i, **extra) -> None:
-        """Entry ``i`` of the result list from exposure ``k`` of a `ListFit`."""
+    def _logFailure(self, name: str, reason) -> None:
+        self.log.warning("Failed to fit background %s: %s", name, reason)
+
+    def _fitBatch(self, refExposure, group, indices, names, infos, matchedList, chunkSize):
+        """Compiled calls of the engine for exposures with one shape and plane set
+        (`match_list`: no stacked copy; model and matched images computed once), at
+        most ``chunkSize`` exposures per call, every call padded to one length.
+
+        Any exception fails the exposures of its call (logged, None fields), as an
+        exception in one fit does in LSST's loop; the other calls go on.
+        """
+        size = chunk_length(len(group), chunkSize)
+        for start in range(0, len(group), size):
+            part = range(start, min(start + size, len(group)))
+            try:
+                fit = match_list(
+                    refExposure,
+                    [group[k] for k in part],
+                    self.staticConfig,
+                    roughness=self.splineRoughness,
+                    pad_to=size,
+                )
+            except Exception as err:  # noqa: BLE001 - LSST logs a failed fit and goes on
+                for k in part:
+                    self._logFailure(names[indices[k]], f"{type(err).__name__}: {err}")
+                continue
+            for j, k in enumerate(part):
+                i = indices[k]
+                self._record(fit, j, names[i], infos, i)
+                if infos[i].backgroundModel is not None:
+                    matchedList[i] = _with_image(group[k], fit.matched[j])
+            del fit  # the next call's buffers replace this one's
+
+    def _record(self, fit, k, name, infos, i, **extra) -> None:
+        """Entry ``i`` (described as ``name``) of the result list from exposure ``k`` of
+        a `ListFit`."""
         status = int(fit.status[k])
         if status not in FITTED:
-            self._logFailure(ref, STATUS_MESSAGES[status])
+            self._logFailure(name, STATUS_MESSAGES[status])
             for name, value in extra.items():
                 setattr(infos[i], name, value)
             return
         if status in (NAN_DIAGNOSTIC, ILL_CONDITIONED):
-            self.log.warning("Background of %s: %s", _describe(ref), STATUS_MESSAGES[status])
+            self.log.warning("Background of %s: %s", name, STATUS_MESSAGES[status])
         infos[i] = Struct(
             isReference=False,
             backgroundModel=fit.models[k],
@@ -207,7 +261,7 @@ class MatchBackgroundsTask(Task):
             **extra,
         )
 
-    def _fitGlobal(self, refExposure, batch, indices, expRefList, infos, matchedList):
+    def _fitGlobal(self, refExposure, batch, indices, names, infos, matchedList):
         """GLOBAL mode: one joint solve over the reference and every other exposure.
 
         The reference is the gauge (its model is 0); each entry also gets ``group``,
@@ -219,9 +273,7 @@ class MatchBackgroundsTask(Task):
             keep = set(groups[0][0])
             for k, (_, i) in enumerate(members):
                 if k not in keep:
-                    self._logFailure(
-                        expRefList[i], "dtype or mask planes differ from the reference"
-                    )
+                    self._logFailure(names[i], "dtype or mask planes differ from the reference")
             members = [members[k] for k in sorted(keep)]
         try:
             result = match_all(
@@ -234,7 +286,7 @@ class MatchBackgroundsTask(Task):
             result.status.block_until_ready()
         except Exception as err:  # noqa: BLE001 - logged like a failed fit
             for _, i in members[1:]:
-                self._logFailure(expRefList[i], f"{type(err).__name__}: {err}")
+                self._logFailure(names[i], f"{type(err).__name__}: {err}")
             return
         groups_ = np.asarray(result.group)
         if (note := group_summary(result)) is not None:  # batch indices: 0 = reference
@@ -244,7 +296,7 @@ class MatchBackgroundsTask(Task):
             if i is not None:
                 linked = bool(result.matched_to_reference[k])
                 extra = dict(group=int(groups_[k]), matchedToReference=linked)
-                self._record(fit, k, expRefList[i], infos, i, **extra)
+                self._record(fit, k, names[i], infos, i, **extra)
                 if infos[i].backgroundModel is not None:
                     matchedList[i] = _with_image(exposure, fit.matched[k])
         for info in infos:
@@ -269,11 +321,12 @@ class MatchBackgroundsTask(Task):
             )
         scalers = imageScalerList or [None] * len(expRefList)
         exposures = []
-        for ref, scaler in zip(expRefList, scalers):
+        for i, (ref, scaler) in enumerate(zip(expRefList, scalers)):
             try:
                 exposures.append(_scaled(_load(ref, expDatasetType), scaler))
             except RuntimeError as err:
-                self.log.warning("Exposure %s not found; skipping it: %s", _describe(ref), err)
+                name = describe_ref(i, ref)
+                self.log.warning("Exposure %s not found; skipping it: %s", name, err)
                 exposures.append(None)
         if all(e is None for e in exposures):
             raise RuntimeError("selectRefExposure: none of the exposures in expRefList was found")
@@ -485,12 +538,37 @@ def _same_ref(a: Any, b: Any) -> bool:
     return False
 
 
-def _describe(ref: Any) -> str:
+def describe_ref(index: int, ref: Any) -> str:
+    """How warnings name entry ``index`` of ``expRefList``: its place in the list and,
+    when it carries one, its file or data ID.
+
+    ``expRefList[2] (/data/v2.fits)`` for a path; ``expRefList[2] (dataId {...})``
+    for a Butler-like reference with a ``dataId``; ``expRefList[2] (Exposure
+    64x64)`` for an in-memory exposure (which carries no name); otherwise the
+    reference's ``repr``.
+    """
+    place = f"expRefList[{index}]"
     if isinstance(ref, (str, os.PathLike)):
-        return os.fspath(ref)
+        return f"{place} ({os.fspath(ref)})"
     if isinstance(ref, Exposure):
-        return f"<Exposure {ref.image.shape}>"
-    return repr(ref)
+        shape = "x".join(str(n) for n in ref.image.shape)
+        return f"{place} (Exposure {shape})"
+    data_id = getattr(ref, "dataId", None)
+    if data_id is not None:
+        return f"{place} (dataId {_plain(data_id)})"
+    for attribute in ("filename", "path"):
+        name = getattr(ref, attribute, None)
+        if isinstance(name, (str, os.PathLike)):
+            return f"{place} ({os.fspath(name)})"
+    return f"{place} ({ref!r})"
+
+
+def _plain(data_id: Any) -> str:
+    """A data ID as ``{'visit': 3, ...}`` (Butler DataCoordinates print verbosely)."""
+    try:
+        return repr(dict(data_id))
+    except (TypeError, ValueError):
+        return repr(data_id)
 
 
 def _incompatible(ref: Exposure, sci: Exposure) -> str | None:

@@ -27,7 +27,7 @@ from jaxtyping import Array, Float
 from ._batch import working_dtype
 from ._compile import filter_jit
 from ._evaluate import grid_image
-from ._exposure import Exposure, stack_exposures
+from ._exposure import Exposure, check_stackable, stack_exposures
 from ._fit import hyperparameters
 from ._maskbits import traced_mask_bits, with_canonical_planes
 from ._match import match, match_batch
@@ -123,12 +123,42 @@ def _cast_planes(exposure: Exposure, dtype) -> Exposure:
     )
 
 
+#: Science exposures per compiled call of the task (`MatchBackgroundsTask.run`'s
+#: ``chunkSize``) and of ``jaxmatch match`` (``--chunk-size``).
+DEFAULT_CHUNK_SIZE = 16
+
+
+def chunk_length(n: int, chunk_size: int | None) -> int:
+    """Exposures per call when ``n`` are fitted in chunks of at most ``chunk_size``.
+
+    The chunks are balanced: ``c = ceil(n / ceil(n / chunk_size))``, so the last
+    chunk is padded by fewer than ``ceil(n / chunk_size)`` exposures (never by up to
+    ``chunk_size - 1``), and every chunk has ``c`` exposures: one compiled program.
+    ``chunk_size`` None: one call of ``n``.
+    """
+    if chunk_size is None or chunk_size >= n:
+        return n
+    calls = -(-n // chunk_size)
+    return -(-n // calls)
+
+
+def check_chunk_size(chunk_size: int | None, name: str = "chunk_size") -> None:
+    """`ValueError` naming ``name`` unless ``chunk_size`` is None or an int ≥ 1."""
+    if chunk_size is None:
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
+        raise ValueError(f"{name} must be a positive integer or None, got {chunk_size!r}")
+    if chunk_size < 1:
+        raise ValueError(f"{name} must be a positive integer or None, got {chunk_size!r}")
+
+
 def match_list(
     reference: Exposure,
     exposures: Sequence[Exposure],
     config,
     *,
     roughness: float | Float[Array, ""] | None = None,
+    pad_to: int | None = None,
 ) -> ListFit:
     """Match each exposure of a list (one shape, dtype and plane set) to ``reference``.
 
@@ -136,12 +166,21 @@ def match_list(
     roughness=roughness, raise_on_failure=False)``, without the stacked copy, and
     with each model's image returned with it (see the module docstring). Raises
     what `match` raises eagerly (shapes, config, mask planes).
+
+    ``pad_to``: fit ``pad_to`` ≥ N exposures (the list followed by repeats of its
+    first exposure, which are the same buffers: no copy) and return the N asked for.
+    Chunks of one run padded to one length share one compiled program; each
+    exposure's result does not depend on the others in its call.
     """
     exposures = list(exposures)
+    check_stackable(exposures)
+    _check_reference(reference, exposures[0])
+    n = len(exposures)
+    if pad_to is not None and pad_to > n:
+        exposures = exposures + [exposures[0]] * (pad_to - n)
     if config.usePolynomial and config.undersampleStyle == "INCREASE_NXNYSAMPLE":
         # Re-binning is data-dependent (host round trips): the engine's own path.
-        return _via_match(reference, exposures, config, roughness)
-    _check_stackable(exposures, reference)
+        return _first(_via_match(reference, exposures, config, roughness), n)
     dtype = working_dtype(config, reference, exposures[0])
     reference, _, bits_ref, bits_sci = traced_mask_bits(
         reference, exposures[0], config.badMaskPlanes
@@ -152,40 +191,30 @@ def match_list(
     coefficients, images, matched, scalars, basis = _match_list_program(
         reference, tuple(exposures), hyper, bits_ref, bits_sci, config, dtype
     )
-    return _list_fit(coefficients, basis, images, matched, scalars)
+    return _list_fit(coefficients, basis, images, matched, scalars, n)
 
 
-def _list_fit(coefficients, basis, images, matched, scalars) -> ListFit:
-    """Split batched results per exposure (views, not copies, on the CPU)."""
+def _list_fit(coefficients, basis, images, matched, scalars, n=None) -> ListFit:
+    """Split batched results per exposure (views, not copies, on the CPU); the first
+    ``n`` (default: all)."""
     host = jax.device_get(scalars)
-    n = coefficients.shape[0]
+    n = coefficients.shape[0] if n is None else n
     models = [
         EvaluatedModel(batch_item(coefficients, k), basis, batch_item(images, k)) for k in range(n)
     ]
     matched = [batch_item(matched, k) for k in range(n)]
-    return ListFit(models, matched, *(np.asarray(host[name]) for name in _SCALARS))
+    return ListFit(models, matched, *(np.asarray(host[name])[:n] for name in _SCALARS))
 
 
-def _check_stackable(exposures: list[Exposure], reference: Exposure) -> None:
-    """`stack_exposures`' checks (same shape, dtype, planes; single exposures)."""
-    if not exposures:
-        raise ValueError("cannot match an empty list of exposures")
-    first = exposures[0]
-    for i, exp in enumerate(exposures):
-        if not isinstance(exp, Exposure):
-            raise TypeError(f"exposure {i} is a {type(exp).__name__}, not an Exposure")
-        if exp.batch_shape:
-            raise ValueError(f"exposure {i} is already a batch of shape {exp.image.shape}")
-        if exp.image.shape != first.image.shape or exp.image.dtype != first.image.dtype:
-            raise ValueError(
-                f"exposure {i} has shape {exp.image.shape} and dtype {exp.image.dtype}, "
-                f"exposure 0 has {first.image.shape} and {first.image.dtype}"
-            )
-        if exp.mask_planes != first.mask_planes:
-            raise ValueError(
-                f"exposure {i} has mask planes {exp.getMaskPlaneDict()}, "
-                f"exposure 0 has {first.getMaskPlaneDict()}"
-            )
+def _first(fit: ListFit, n: int) -> ListFit:
+    """The first ``n`` exposures of a `ListFit`."""
+    return ListFit(
+        fit.models[:n], fit.matched[:n], *(getattr(fit, name)[:n] for name in _SCALARS)
+    )
+
+
+def _check_reference(reference: Exposure, first: Exposure) -> None:
+    """The reference is one exposure on the science exposures' pixel grid."""
     if reference.batch_shape or reference.image.shape != first.image.shape:
         raise ValueError(
             f"the exposures have shape {first.image.shape}, the reference "

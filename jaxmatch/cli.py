@@ -174,7 +174,7 @@ def _parser() -> argparse.ArgumentParser:
     match.add_argument(
         "--chunk-size",
         type=int,
-        default=16,
+        default=16,  # jaxmatch._taskpath.DEFAULT_CHUNK_SIZE (not imported: fast --help)
         help="exposures read and fitted at once (memory bound; default 16)",
     )
     match.add_argument(

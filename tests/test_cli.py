@@ -301,7 +301,7 @@ def _must_not_read(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a file was read before the plan was checked")
 
-    monkeypatch.setattr(filematch, "file_checksum", fail)
+    monkeypatch.setattr(filematch, "read_bytes", fail)  # the first read of a file
 
 
 def test_outputs_that_collide_are_refused_naming_both(patch, tmp_path, capsys, monkeypatch):
