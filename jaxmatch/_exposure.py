@@ -176,6 +176,7 @@ def stack_exposures(exposures: Sequence[Exposure]) -> Exposure:
     )
 
 
+@checks_own_arguments
 def check_stackable(exposures: Sequence[Exposure]) -> None:
     """Raise unless ``exposures`` could be stacked into one batch ``(N, H, W)``.
 
