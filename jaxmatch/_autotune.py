@@ -185,14 +185,11 @@ def _reference_table(ref, sci, config, lams, nsigs, layout):
         return _cell_values(jnp.where(usable, diff, jnp.nan), ey, ex, min_pixels)
 
     val, err, ok = jax.lax.map(lambda a: cells_of(*a), (sci.image, sci.mask))
-    total = jnp.zeros((len(nsigs), len(lams)), sci.image.dtype)
-    count = jnp.zeros((len(nsigs), len(lams)), sci.image.dtype)
-    for fold in range(int(labels.max()) + 1):
-        held = held_all[fold]
-        held_cells = jnp.asarray(labels == fold)
+
+    def fold_table(held, held_cells):
         sci_f = dataclasses.replace(sci, image=jnp.where(held[None], jnp.nan, sci.image))
 
-        def one(nsig, lam, sci_f=sci_f, held_cells=held_cells):
+        def one(nsig, lam):
             out = match(
                 ref, sci_f, config, roughness=lam, num_sigma_clip=nsig, raise_on_failure=False
             )
@@ -201,10 +198,17 @@ def _reference_table(ref, sci, config, lams, nsigs, layout):
             chi2, n = jax.vmap(_score, in_axes=(0, 0, 0, None, 0))(val, err, ok, held_cells, pred)
             return jnp.sum(chi2), jnp.sum(n).astype(chi2.dtype)
 
-        grid = jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None))
-        t, c = grid(nsigs, lams)
-        total, count = total + t, count + c
-    return total, count
+        return jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None))(nsigs, lams)
+
+    return _over_folds(fold_table, held_all, labels)
+
+
+def _over_folds(fold_table, held_all, labels):
+    """Σ over the folds of ``fold_table(held pixels, held cells)``: one compiled body
+    run once per fold (`jax.lax.map`), not a copy of the fits per fold."""
+    held_cells = jnp.asarray(labels[None] == np.arange(held_all.shape[0])[:, None, None])
+    total, count = jax.lax.map(lambda a: fold_table(*a), (held_all, held_cells))
+    return jnp.sum(total, axis=0), jnp.sum(count, axis=0)
 
 
 @filter_jit
@@ -227,14 +231,11 @@ def _global_table(batch, config, structure, lams, nsigs, layout):
         return _cell_values(jnp.where(usable, diff, jnp.nan), ey, ex, min_pixels)
 
     val, err, ok = jax.lax.map(cells_of, jnp.asarray(pairs))
-    total = jnp.zeros((len(nsigs), len(lams)), batch.image.dtype)
-    count = jnp.zeros((len(nsigs), len(lams)), batch.image.dtype)
-    for fold in range(int(labels.max()) + 1):
-        held = held_all[fold]
-        held_cells = jnp.asarray(labels == fold)
+
+    def fold_table(held, held_cells):
         batch_f = dataclasses.replace(batch, image=jnp.where(held[None], jnp.nan, batch.image))
 
-        def one(nsig, lam, batch_f=batch_f, held_cells=held_cells):
+        def one(nsig, lam):
             out = match_global(
                 batch_f,
                 pairs,
@@ -253,10 +254,9 @@ def _global_table(batch, config, structure, lams, nsigs, layout):
             chi2, n = jax.vmap(_score, in_axes=(0, 0, 0, None, 0))(val, err, ok, held_cells, pred)
             return jnp.sum(chi2), jnp.sum(n).astype(chi2.dtype)
 
-        grid = jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None))
-        t, c = grid(nsigs, lams)
-        total, count = total + t, count + c
-    return total, count
+        return jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None))(nsigs, lams)
+
+    return _over_folds(fold_table, held_all, labels)
 
 
 def heldout_cell_loss(
