@@ -222,7 +222,26 @@ def heldout_loss(
 
             structure = global_structure(batch, config, 0 if reference is None else reference)
         structure = _static_structure(structure)
-    return _heldout_loss(params, batch, config, reference, folds, seed, structure)
+    return _heldout_loss(params, batch, _loss_config(config), reference, folds, seed, structure)
+
+
+def _loss_config(config: MatchBackgroundsConfig) -> MatchBackgroundsConfig:
+    """``config`` with the fields `TuningParameters` supplies set to fixed values.
+
+    The held-out loss takes λ, the clip, the reference weights and the temperature
+    from the parameters (only whether ``clipSharpness`` is None matters), so
+    configs that differ in these alone share one compiled loss and tuning step.
+    """
+    d = MatchBackgroundsConfig()
+    return config.replace(
+        splineRoughness=d.splineRoughness,
+        numSigmaClip=d.numSigmaClip,
+        clipSharpness=None if config.clipSharpness is None else 1.0,
+        bestRefWeightCoverage=d.bestRefWeightCoverage,
+        bestRefWeightVariance=d.bestRefWeightVariance,
+        bestRefWeightLevel=d.bestRefWeightLevel,
+        softminTemperature=d.softminTemperature,
+    )
 
 
 def _static_structure(structure) -> tuple:
@@ -409,7 +428,7 @@ def tune(
             raise ValueError("refWeights and softminTemperature are not used in GLOBAL mode")
         structure = global_structure(batch, config, 0 if reference is None else reference)
         structure = _static_structure(structure)
-    settings = (config, reference, folds, seed, structure)
+    settings = (_loss_config(config), reference, folds, seed, structure)
 
     traces_before = _STEP_TRACES[0]
     history = []
@@ -422,7 +441,9 @@ def tune(
             bar.set_postfix(loss=history[-1])
     if bar is not None:
         bar.close()
-    history.append(float(_heldout_loss(params, batch, *settings)))
+    # The final loss from the compiled step too (its update is discarded): no
+    # second program to compile for one forward pass.
+    history.append(float(_tune_step(params, opt_state, batch, mask, optimizer, settings)[2]))
     new_config = params.to_config(config)
     return TuningResult(
         config=new_config,
