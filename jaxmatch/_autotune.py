@@ -22,9 +22,11 @@ minimise ``L``; the truth is never used.
 
 **The search.** For each discrete candidate (binSize and, for Chebyshev, order; for
 the spline, knot spacing) one compiled call evaluates the whole grid of roughness
-λ × numSigmaClip values at once (they are array arguments of `match`). Candidates
-run in a fixed order (the config's own first, then growing flexibility) until the
-time budget is spent; the best one found is returned as a config (`AutotuneResult`).
+λ at once (an array argument of `match`). Candidates run in a fixed order (the
+config's own first, then growing flexibility) with numSigmaClip = 3 until the time
+budget is spent; the other clip values of the best one are then tried one at a time
+(numSigmaClip is an argument too, so its compiled program is reused). The best
+setting found is returned as a config (`AutotuneResult`).
 """
 
 from __future__ import annotations
@@ -528,7 +530,9 @@ def autotune(
     stage1 = [(evaluate(c, "MEANCLIP", [first_clip]), k) for k, c in enumerate(discrete)]
     best_loss, best_k = min(stage1)
     if math.isfinite(best_loss):
-        evaluate(discrete[best_k], "MEANCLIP", clips)
+        # one clip value per call: the program compiled for stage 1 is reused
+        for nsig in clips:
+            evaluate(discrete[best_k], "MEANCLIP", [nsig])
     default_loss, complete = state["default_loss"], state["complete"]
     candidates.sort(key=lambda rc: (not math.isfinite(rc[0].loss), rc[0].loss))
     best_row, best_config = candidates[0]

@@ -8,6 +8,8 @@ import json
 
 import numpy as np
 import pytest
+from helpers import oracle_kwargs
+from oracle import oracle_match
 
 import jaxmatch as jm
 from jaxmatch._autotune import candidate_settings, default_cell_size
@@ -29,12 +31,26 @@ def _scene(truth_fn, n=3, size=128, sigma=4.0, seed=0, dtype=np.float64):
 
 
 def _truth_error(batch, backgrounds, config):
-    """Worst exposure's RMS model error vs the truth [ADU] (reference 0)."""
-    n = batch.image.shape[0]
-    out = jm.match(batch[0], batch[np.arange(1, n)], config)
-    model = np.asarray(out.model.getImage(), float)
-    truth = backgrounds[0] - backgrounds[1:]
-    return float(np.max(np.sqrt(np.mean((model - truth) ** 2, axis=(1, 2)))))
+    """Worst exposure's RMS model error vs the truth [ADU] (reference 0), from the
+    NumPy oracle (tests/oracle.py, equal to `jaxmatch.match` to rounding): the brute
+    force over every setting then compiles nothing."""
+    ref = batch[0]
+    errors = []
+    for k in range(1, batch.image.shape[0]):
+        out = oracle_match(
+            np.asarray(ref.image),
+            np.asarray(ref.mask),
+            np.asarray(ref.variance),
+            np.asarray(batch.image[k]),
+            np.asarray(batch.mask[k]),
+            np.asarray(batch.variance[k]),
+            bad_bits_ref=ref.bitmask(config.badMaskPlanes),
+            bad_bits_sci=batch.bitmask(config.badMaskPlanes),
+            **oracle_kwargs(config),
+        )
+        truth = backgrounds[0] - backgrounds[k]
+        errors.append(np.sqrt(np.mean((out["model"] - truth) ** 2)))
+    return float(max(errors))
 
 
 def _polynomial(i, y, x):  # total order 3: order 2 cannot represent it
@@ -186,13 +202,15 @@ def test_global_mode_autotune_and_task_tune():
     )
     assert result.config.matchMode == "GLOBAL" and result.config.binSize == 24
     assert np.isfinite(result.loss) and result.loss < result.default_loss
-    task = jm.MatchBackgroundsTask(start.replace(matchMode="REFERENCE"))
+    # task.tune on the same settings: the compiled tables are reused
+    task = jm.MatchBackgroundsTask(start)
     tuned = task.tune(
         batch, reference=0, bin_sizes=(24,), roughness=(0.0,), num_sigma_clip=(3.0,), budget_s=600
     )
     assert isinstance(tuned.task, jm.MatchBackgroundsTask)
     assert tuned.task.config == tuned.config == tuned.tuning.config
-    assert tuned.config.binSize == 24
+    assert tuned.config.binSize == 24 and tuned.config.matchMode == "GLOBAL"
+    assert tuned.tuning.loss == result.loss
 
 
 def test_candidate_settings_respect_the_grid():
