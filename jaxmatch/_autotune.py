@@ -551,6 +551,70 @@ def autotune(
     )
 
 
+# ----------------------------------------------------------------------------- sources
+
+
+def mask_difference_sources(
+    exposures,
+    reference: int,
+    config: MatchBackgroundsConfig | None = None,
+    *,
+    detection=None,
+    plane: str = "DETECTED",
+) -> Exposure:
+    """Mark the sources of each difference image ``ref − sci`` in the science masks.
+
+    Light that is in one exposure and not the other (a variable or moving source,
+    a flux-scale residual of a galaxy, a satellite trail nobody flagged) is not
+    background, yet a bin statistic follows it. For every science exposure the
+    difference with the reference (pixels usable in both under
+    ``config.badMaskPlanes``) is searched for sources of either sign with the
+    detection of plain images (``jaxmatch._sources.source_mask``: a local block
+    background, the pixel noise, a 3 × 3-smoothed threshold and a dilation;
+    ``detection`` = a ``jaxmatch._sources.Detection``, default thresholds), and
+    their pixels are flagged in
+    ``plane`` of that science exposure. The reference is left as it is.
+
+    Call it once, then tune and match on the result (``plane`` must be one of
+    ``config.badMaskPlanes``, as ``DETECTED`` is by LSST's default): the validation
+    cells of `autotune` and every fit then ignore the same pixels. REFERENCE mode
+    only (the difference images are those with the reference).
+
+    Returns a new batch ``(N, H, W)``: images and variances unchanged, masks with
+    ``plane`` added; `ValueError` naming the plane when the exposures have no such
+    plane or the config would not ignore it.
+    """
+    from ._sources import Detection, source_mask
+    from ._tuning import as_config
+
+    config = as_config(config)
+    batch = _as_batch(exposures)
+    planes = batch.getMaskPlaneDict()
+    if plane not in planes:
+        raise ValueError(f"no {plane} mask plane to mark sources in (planes: {sorted(planes)})")
+    if plane not in config.badMaskPlanes:
+        raise ValueError(
+            f"mask plane {plane} is not in badMaskPlanes {list(config.badMaskPlanes)}: "
+            "the marked sources would not be ignored"
+        )
+    n = batch.image.shape[0]
+    if not 0 <= reference < n:
+        raise ValueError(f"reference index {reference} is not in 0..{n - 1}")
+    detection = Detection() if detection is None else detection
+    bits = batch.bitmask(config.badMaskPlanes)
+    images = np.asarray(batch.image, dtype=np.float64)
+    masks = np.array(batch.mask)
+    ref_ok = ((masks[reference] & bits) == 0) & np.isfinite(images[reference])
+    for i in range(n):
+        if i == reference:
+            continue
+        diff = images[reference] - images[i]
+        usable = ref_ok & ((masks[i] & bits) == 0) & np.isfinite(diff)
+        found = source_mask(diff, usable, detection) | source_mask(-diff, usable, detection)
+        masks[i] = np.where(found & usable, masks[i] | (1 << planes[plane]), masks[i])
+    return dataclasses.replace(batch, mask=jnp.asarray(masks, dtype=batch.mask.dtype))
+
+
 #: File the command line writes the chosen config to, in the output folder.
 CHOSEN_CONFIG_NAME = "chosen.toml"
 
