@@ -120,7 +120,10 @@ def test_autotune_spline_picks_bins_that_resolve_the_structure():
     """Waves of half the side: 48-pixel bins (2 per side) cannot follow them; the
     choice must be finer, and as good as the brute-force best within 10%."""
     batch, truth = _scene(_waves, n=2, size=96, seed=3)
-    start = jm.MatchBackgroundsConfig(binSize=48, interpStyle="NATURAL_SPLINE")
+    # MEANCLIP from the start: stage 0 is then a stage-1 candidate (one compilation less)
+    start = jm.MatchBackgroundsConfig(
+        binSize=48, interpStyle="NATURAL_SPLINE", gridStatistic="MEANCLIP"
+    )
     result = jm.autotune(
         batch,
         start,
@@ -191,7 +194,9 @@ def test_global_mode_autotune_and_task_tune():
     """GLOBAL mode: the same one call scores the joint solve on every pair's cells;
     task.tune returns a new task with the chosen config."""
     batch, _ = _scene(_waves, size=96, seed=6)
-    start = jm.MatchBackgroundsConfig(binSize=48, interpStyle="NATURAL_SPLINE", matchMode="GLOBAL")
+    start = jm.MatchBackgroundsConfig(
+        binSize=48, interpStyle="NATURAL_SPLINE", matchMode="GLOBAL", gridStatistic="MEANCLIP"
+    )
     result = jm.autotune(
         batch,
         start,
