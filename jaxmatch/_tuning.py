@@ -209,6 +209,10 @@ def heldout_loss(
     once and the joint solve predicts them; the loss is the held-out weighted χ²
     per independent datum. ``structure`` = `jaxmatch.global_structure(...)` (pairs,
     groups, gauge); it is computed from the masks when None (outside `jit` only).
+
+    Compiled once per config, shapes, reference and folds (called eagerly too); the
+    config's λ, clip, reference weights and temperature are not part of that key
+    (``params`` supplies them), so scanning them does not recompile.
     """
     batch = _batch(exposures)
     if config.matchMode == "GLOBAL":
