@@ -7,6 +7,7 @@ from ._autotune import (
     CandidateLoss as CandidateLoss,
     autotune as autotune,
     heldout_cell_loss as heldout_cell_loss,
+    mask_difference_sources as mask_difference_sources,
 )
 from ._config import (
     MatchBackgroundsConfig as MatchBackgroundsConfig,

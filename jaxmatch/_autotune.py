@@ -22,9 +22,11 @@ minimise ``L``; the truth is never used.
 
 **The search.** For each discrete candidate (binSize and, for Chebyshev, order; for
 the spline, knot spacing) one compiled call evaluates the whole grid of roughness
-λ × numSigmaClip values at once (they are array arguments of `match`). Candidates
-run in a fixed order (the config's own first, then growing flexibility) until the
-time budget is spent; the best one found is returned as a config (`AutotuneResult`).
+λ at once (an array argument of `match`). Candidates run in a fixed order (the
+config's own first, then growing flexibility) with numSigmaClip = 3 until the time
+budget is spent; the other clip values of the best one are then tried one at a time
+(numSigmaClip is an argument too, so its compiled program is reused). The best
+setting found is returned as a config (`AutotuneResult`).
 """
 
 from __future__ import annotations
@@ -185,14 +187,11 @@ def _reference_table(ref, sci, config, lams, nsigs, layout):
         return _cell_values(jnp.where(usable, diff, jnp.nan), ey, ex, min_pixels)
 
     val, err, ok = jax.lax.map(lambda a: cells_of(*a), (sci.image, sci.mask))
-    total = jnp.zeros((len(nsigs), len(lams)), sci.image.dtype)
-    count = jnp.zeros((len(nsigs), len(lams)), sci.image.dtype)
-    for fold in range(int(labels.max()) + 1):
-        held = held_all[fold]
-        held_cells = jnp.asarray(labels == fold)
+
+    def fold_table(held, held_cells):
         sci_f = dataclasses.replace(sci, image=jnp.where(held[None], jnp.nan, sci.image))
 
-        def one(nsig, lam, sci_f=sci_f, held_cells=held_cells):
+        def one(nsig, lam):
             out = match(
                 ref, sci_f, config, roughness=lam, num_sigma_clip=nsig, raise_on_failure=False
             )
@@ -201,10 +200,17 @@ def _reference_table(ref, sci, config, lams, nsigs, layout):
             chi2, n = jax.vmap(_score, in_axes=(0, 0, 0, None, 0))(val, err, ok, held_cells, pred)
             return jnp.sum(chi2), jnp.sum(n).astype(chi2.dtype)
 
-        grid = jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None))
-        t, c = grid(nsigs, lams)
-        total, count = total + t, count + c
-    return total, count
+        return jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None))(nsigs, lams)
+
+    return _over_folds(fold_table, held_all, labels)
+
+
+def _over_folds(fold_table, held_all, labels):
+    """Σ over the folds of ``fold_table(held pixels, held cells)``: one compiled body
+    run once per fold (`jax.lax.map`), not a copy of the fits per fold."""
+    held_cells = jnp.asarray(labels[None] == np.arange(held_all.shape[0])[:, None, None])
+    total, count = jax.lax.map(lambda a: fold_table(*a), (held_all, held_cells))
+    return jnp.sum(total, axis=0), jnp.sum(count, axis=0)
 
 
 @filter_jit
@@ -227,14 +233,11 @@ def _global_table(batch, config, structure, lams, nsigs, layout):
         return _cell_values(jnp.where(usable, diff, jnp.nan), ey, ex, min_pixels)
 
     val, err, ok = jax.lax.map(cells_of, jnp.asarray(pairs))
-    total = jnp.zeros((len(nsigs), len(lams)), batch.image.dtype)
-    count = jnp.zeros((len(nsigs), len(lams)), batch.image.dtype)
-    for fold in range(int(labels.max()) + 1):
-        held = held_all[fold]
-        held_cells = jnp.asarray(labels == fold)
+
+    def fold_table(held, held_cells):
         batch_f = dataclasses.replace(batch, image=jnp.where(held[None], jnp.nan, batch.image))
 
-        def one(nsig, lam, batch_f=batch_f, held_cells=held_cells):
+        def one(nsig, lam):
             out = match_global(
                 batch_f,
                 pairs,
@@ -253,10 +256,9 @@ def _global_table(batch, config, structure, lams, nsigs, layout):
             chi2, n = jax.vmap(_score, in_axes=(0, 0, 0, None, 0))(val, err, ok, held_cells, pred)
             return jnp.sum(chi2), jnp.sum(n).astype(chi2.dtype)
 
-        grid = jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None))
-        t, c = grid(nsigs, lams)
-        total, count = total + t, count + c
-    return total, count
+        return jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None))(nsigs, lams)
+
+    return _over_folds(fold_table, held_all, labels)
 
 
 def heldout_cell_loss(
@@ -528,7 +530,9 @@ def autotune(
     stage1 = [(evaluate(c, "MEANCLIP", [first_clip]), k) for k, c in enumerate(discrete)]
     best_loss, best_k = min(stage1)
     if math.isfinite(best_loss):
-        evaluate(discrete[best_k], "MEANCLIP", clips)
+        # one clip value per call: the program compiled for stage 1 is reused
+        for nsig in clips:
+            evaluate(discrete[best_k], "MEANCLIP", [nsig])
     default_loss, complete = state["default_loss"], state["complete"]
     candidates.sort(key=lambda rc: (not math.isfinite(rc[0].loss), rc[0].loss))
     best_row, best_config = candidates[0]
@@ -545,6 +549,70 @@ def autotune(
         cell_size=cell_size,
         folds=folds,
     )
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def mask_difference_sources(
+    exposures,
+    reference: int,
+    config: MatchBackgroundsConfig | None = None,
+    *,
+    detection=None,
+    plane: str = "DETECTED",
+) -> Exposure:
+    """Mark the sources of each difference image ``ref − sci`` in the science masks.
+
+    Light that is in one exposure and not the other (a variable or moving source,
+    a flux-scale residual of a galaxy, a satellite trail nobody flagged) is not
+    background, yet a bin statistic follows it. For every science exposure the
+    difference with the reference (pixels usable in both under
+    ``config.badMaskPlanes``) is searched for sources of either sign with the
+    detection of plain images (``jaxmatch._sources.source_mask``: a local block
+    background, the pixel noise, a 3 × 3-smoothed threshold and a dilation;
+    ``detection`` = a ``jaxmatch._sources.Detection``, default thresholds), and
+    their pixels are flagged in
+    ``plane`` of that science exposure. The reference is left as it is.
+
+    Call it once, then tune and match on the result (``plane`` must be one of
+    ``config.badMaskPlanes``, as ``DETECTED`` is by LSST's default): the validation
+    cells of `autotune` and every fit then ignore the same pixels. REFERENCE mode
+    only (the difference images are those with the reference).
+
+    Returns a new batch ``(N, H, W)``: images and variances unchanged, masks with
+    ``plane`` added; `ValueError` naming the plane when the exposures have no such
+    plane or the config would not ignore it.
+    """
+    from ._sources import Detection, source_mask
+    from ._tuning import as_config
+
+    config = as_config(config)
+    batch = _as_batch(exposures)
+    planes = batch.getMaskPlaneDict()
+    if plane not in planes:
+        raise ValueError(f"no {plane} mask plane to mark sources in (planes: {sorted(planes)})")
+    if plane not in config.badMaskPlanes:
+        raise ValueError(
+            f"mask plane {plane} is not in badMaskPlanes {list(config.badMaskPlanes)}: "
+            "the marked sources would not be ignored"
+        )
+    n = batch.image.shape[0]
+    if not 0 <= reference < n:
+        raise ValueError(f"reference index {reference} is not in 0..{n - 1}")
+    detection = Detection() if detection is None else detection
+    bits = batch.bitmask(config.badMaskPlanes)
+    images = np.asarray(batch.image, dtype=np.float64)
+    masks = np.array(batch.mask)
+    ref_ok = ((masks[reference] & bits) == 0) & np.isfinite(images[reference])
+    for i in range(n):
+        if i == reference:
+            continue
+        diff = images[reference] - images[i]
+        usable = ref_ok & ((masks[i] & bits) == 0) & np.isfinite(diff)
+        found = source_mask(diff, usable, detection) | source_mask(-diff, usable, detection)
+        masks[i] = np.where(found & usable, masks[i] | (1 << planes[plane]), masks[i])
+    return dataclasses.replace(batch, mask=jnp.asarray(masks, dtype=batch.mask.dtype))
 
 
 #: File the command line writes the chosen config to, in the output folder.

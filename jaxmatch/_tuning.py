@@ -33,6 +33,7 @@ soft-min weights ``w``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import equinox as eqx
@@ -203,8 +204,59 @@ def heldout_loss(
     once and the joint solve predicts them; the loss is the held-out weighted χ²
     per independent datum. ``structure`` = `jaxmatch.global_structure(...)` (pairs,
     groups, gauge); it is computed from the masks when None (outside `jit` only).
+
+    Compiled once per config, shapes, reference and folds (called eagerly too); the
+    config's λ, clip, reference weights and temperature are not part of that key
+    (``params`` supplies them), so scanning them does not recompile.
     """
     batch = _batch(exposures)
+    if config.matchMode == "GLOBAL":
+        if structure is None:
+            if isinstance(batch.mask, jax.core.Tracer):
+                raise TypeError(
+                    "GLOBAL mode inside jit needs "
+                    "structure=jaxmatch.global_structure(batch, config)"
+                )
+            from ._global import global_structure
+
+            structure = global_structure(batch, config, 0 if reference is None else reference)
+        structure = _static_structure(structure)
+    return _heldout_loss(params, batch, _loss_config(config), reference, folds, seed, structure)
+
+
+def _loss_config(config: MatchBackgroundsConfig) -> MatchBackgroundsConfig:
+    """``config`` with the fields `TuningParameters` supplies set to fixed values.
+
+    The held-out loss takes λ, the clip, the reference weights and the temperature
+    from the parameters (only whether ``clipSharpness`` is None matters), so
+    configs that differ in these alone share one compiled loss and tuning step.
+    """
+    d = MatchBackgroundsConfig()
+    return config.replace(
+        splineRoughness=d.splineRoughness,
+        numSigmaClip=d.numSigmaClip,
+        clipSharpness=None if config.clipSharpness is None else 1.0,
+        bestRefWeightCoverage=d.bestRefWeightCoverage,
+        bestRefWeightVariance=d.bestRefWeightVariance,
+        bestRefWeightLevel=d.bestRefWeightLevel,
+        softminTemperature=d.softminTemperature,
+    )
+
+
+def _static_structure(structure) -> tuple:
+    """``(pairs, groups, gauge)`` as nested tuples: hashable, so a static argument."""
+    pairs, groups, gauge = (np.asarray(a) for a in structure)
+    return (
+        tuple(map(tuple, pairs.reshape(-1, 2).astype(int).tolist())),
+        tuple(int(g) for g in groups),
+        tuple(bool(g) for g in gauge),
+    )
+
+
+@filter_jit
+def _heldout_loss(params, batch, config, reference, folds, seed, structure):
+    """`heldout_loss` on a batch, compiled once per config, shapes and fold layout
+    (called eagerly it would otherwise dispatch hundreds of small programs)."""
     if config.matchMode == "GLOBAL":
         return _heldout_global(params, batch, config, reference, folds, seed, structure)
     ref, sci = _reference_and_science(params, batch, config, reference)
@@ -240,16 +292,10 @@ def heldout_loss(
 
 def _heldout_global(params, batch, config, reference, folds, seed, structure):
     """The held-out loss of global matching (see `heldout_loss`)."""
-    from ._global import _pair_weights, global_structure, pair_data, solve_pairs
+    from ._global import _pair_weights, pair_data, solve_pairs
 
-    reference = 0 if reference is None else reference
-    if structure is None:
-        if isinstance(batch.mask, jax.core.Tracer):
-            raise TypeError(
-                "GLOBAL mode inside jit needs structure=jaxmatch.global_structure(batch, config)"
-            )
-        structure = global_structure(batch, config, reference)
     pairs, groups, gauge = (np.asarray(a) for a in structure)
+    pairs = pairs.reshape(-1, 2)
     n = batch.image.shape[0]
     dtype = batch.image.dtype
     hyper = _hyper(params, config, dtype)
@@ -350,8 +396,10 @@ def tune(
         progress: show a tqdm progress bar (if tqdm is installed).
 
     Returns a `TuningResult`; ``history`` holds the loss before each step and the
-    final loss (``steps + 1`` values); ``traces`` counts compilations of the step
-    (1: the jitted step never recompiles).
+    final loss (``steps + 1`` values); ``traces`` counts the compilations of the
+    step this call made: 1, or 0 when an earlier call with the same optimiser
+    object, config, shapes and folds already compiled it (the step never
+    recompiles between steps).
     """
     config = as_config(config)
     unknown = set(parameters) - set(PARAMETERS)
@@ -362,7 +410,7 @@ def tune(
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     batch = _batch(exposures)
-    optimizer = optax.adam(0.1) if optimizer is None else optimizer
+    optimizer = _default_optimizer() if optimizer is None else optimizer
     dtype = batch.image.dtype
     params = jax.tree.map(lambda a: a.astype(dtype), TuningParameters.from_config(config))
     tuned = {_FIELDS[p] for p in parameters}
@@ -370,7 +418,6 @@ def tune(
         **{f.name: jnp.asarray(f.name in tuned, dtype) for f in dataclasses.fields(params)}
     )
     opt_state = optimizer.init(params)
-    traces = [0]
 
     structure = None
     if config.matchMode == "GLOBAL":
@@ -379,39 +426,52 @@ def tune(
         if {"refWeights", "softminTemperature"} & set(parameters):
             raise ValueError("refWeights and softminTemperature are not used in GLOBAL mode")
         structure = global_structure(batch, config, 0 if reference is None else reference)
+        structure = _static_structure(structure)
+    settings = (_loss_config(config), reference, folds, seed, structure)
 
-    def loss_fn(p, b):
-        return heldout_loss(
-            p, b, config, reference=reference, folds=folds, seed=seed, structure=structure
-        )
-
-    @filter_jit
-    def step(p, state, b):
-        traces[0] += 1  # runs only while tracing
-        loss, grads = jax.value_and_grad(loss_fn)(p, b)
-        # where, not g * m: a NaN gradient of a fixed parameter must not leak (0 · NaN)
-        grads = jax.tree.map(lambda g, m: jnp.where(m, g, 0), grads, mask)
-        updates, state = optimizer.update(grads, state, p)
-        return optax.apply_updates(p, updates), state, loss
-
+    traces_before = _STEP_TRACES[0]
     history = []
     bar = _progress(steps, progress)
     for _ in range(steps):
-        params, opt_state, loss = step(params, opt_state, batch)
+        params, opt_state, loss = _tune_step(params, opt_state, batch, mask, optimizer, settings)
         history.append(float(loss))
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=history[-1])
     if bar is not None:
         bar.close()
-    history.append(float(filter_jit(loss_fn)(params, batch)))
+    # The final loss from the compiled step too (its update is discarded): no
+    # second program to compile for one forward pass.
+    history.append(float(_tune_step(params, opt_state, batch, mask, optimizer, settings)[2]))
     new_config = params.to_config(config)
     return TuningResult(
         config=new_config,
         parameters=params,
         history=np.asarray(history),
-        traces=traces[0],
+        traces=_STEP_TRACES[0] - traces_before,
     )
+
+
+#: How many times `_tune_step` has been traced (compiled) in this process.
+_STEP_TRACES = [0]
+
+
+@functools.cache
+def _default_optimizer() -> optax.GradientTransformation:
+    """``optax.adam(0.1)``, one object, so that `tune` calls share compiled steps."""
+    return optax.adam(0.1)
+
+
+@filter_jit
+def _tune_step(params, opt_state, batch, mask, optimizer, settings):
+    """One optimiser step on `heldout_loss`; compiled once per optimiser object,
+    config, shapes and fold layout (``settings``), and reused by later `tune` calls."""
+    _STEP_TRACES[0] += 1  # runs only while tracing
+    loss, grads = jax.value_and_grad(_heldout_loss)(params, batch, *settings)
+    # where, not g * m: a NaN gradient of a fixed parameter must not leak (0 · NaN)
+    grads = jax.tree.map(lambda g, m: jnp.where(m, g, 0), grads, mask)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
 
 
 def grid_search(

@@ -8,9 +8,12 @@ import json
 
 import numpy as np
 import pytest
+from helpers import oracle_kwargs
+from oracle import oracle_match
 
 import jaxmatch as jm
 from jaxmatch._autotune import candidate_settings, default_cell_size
+from jaxmatch._sources import Detection
 
 
 def _scene(truth_fn, n=3, size=128, sigma=4.0, seed=0, dtype=np.float64):
@@ -29,12 +32,26 @@ def _scene(truth_fn, n=3, size=128, sigma=4.0, seed=0, dtype=np.float64):
 
 
 def _truth_error(batch, backgrounds, config):
-    """Worst exposure's RMS model error vs the truth [ADU] (reference 0)."""
-    n = batch.image.shape[0]
-    out = jm.match(batch[0], batch[np.arange(1, n)], config)
-    model = np.asarray(out.model.getImage(), float)
-    truth = backgrounds[0] - backgrounds[1:]
-    return float(np.max(np.sqrt(np.mean((model - truth) ** 2, axis=(1, 2)))))
+    """Worst exposure's RMS model error vs the truth [ADU] (reference 0), from the
+    NumPy oracle (tests/oracle.py, equal to `jaxmatch.match` to rounding): the brute
+    force over every setting then compiles nothing."""
+    ref = batch[0]
+    errors = []
+    for k in range(1, batch.image.shape[0]):
+        out = oracle_match(
+            np.asarray(ref.image),
+            np.asarray(ref.mask),
+            np.asarray(ref.variance),
+            np.asarray(batch.image[k]),
+            np.asarray(batch.mask[k]),
+            np.asarray(batch.variance[k]),
+            bad_bits_ref=ref.bitmask(config.badMaskPlanes),
+            bad_bits_sci=batch.bitmask(config.badMaskPlanes),
+            **oracle_kwargs(config),
+        )
+        truth = backgrounds[0] - backgrounds[k]
+        errors.append(np.sqrt(np.mean((out["model"] - truth) ** 2)))
+    return float(max(errors))
 
 
 def _polynomial(i, y, x):  # total order 3: order 2 cannot represent it
@@ -66,7 +83,11 @@ def test_autotune_chooses_the_known_order_and_records_every_candidate():
     order 3, and its choice is within 10% (+ a noise margin) of the brute-force best
     by the truth."""
     batch, truth = _scene(_polynomial, n=2, size=96, seed=2)
-    start = jm.MatchBackgroundsConfig(usePolynomial=True, order=2, binSize=12)
+    # MEANCLIP from the start: stage 0 is a stage-1 candidate (one compilation less;
+    # a start with its own statistic is recorded apart: the budget test below)
+    start = jm.MatchBackgroundsConfig(
+        usePolynomial=True, order=2, binSize=12, gridStatistic="MEANCLIP"
+    )
     result = jm.autotune(
         batch,
         start,
@@ -83,7 +104,7 @@ def test_autotune_chooses_the_known_order_and_records_every_candidate():
     assert losses == sorted(losses) and result.loss == losses[0]
     assert result.default_loss is not None and result.default_loss > result.loss
     assert {c.order for c in result.candidates} == {1, 2, 3, 5}
-    assert len(result.candidates) == 5  # start (MEAN) + 4 orders with MEANCLIP
+    assert len(result.candidates) == 4  # each order once (the start is order 2)
     errors = {
         (c.order, c.splineRoughness, c.gridStatistic): _truth_error(
             batch,
@@ -103,7 +124,10 @@ def test_autotune_spline_picks_bins_that_resolve_the_structure():
     """Waves of half the side: 48-pixel bins (2 per side) cannot follow them; the
     choice must be finer, and as good as the brute-force best within 10%."""
     batch, truth = _scene(_waves, n=2, size=96, seed=3)
-    start = jm.MatchBackgroundsConfig(binSize=48, interpStyle="NATURAL_SPLINE")
+    # MEANCLIP from the start: stage 0 is then a stage-1 candidate (one compilation less)
+    start = jm.MatchBackgroundsConfig(
+        binSize=48, interpStyle="NATURAL_SPLINE", gridStatistic="MEANCLIP"
+    )
     result = jm.autotune(
         batch,
         start,
@@ -174,7 +198,9 @@ def test_global_mode_autotune_and_task_tune():
     """GLOBAL mode: the same one call scores the joint solve on every pair's cells;
     task.tune returns a new task with the chosen config."""
     batch, _ = _scene(_waves, size=96, seed=6)
-    start = jm.MatchBackgroundsConfig(binSize=48, interpStyle="NATURAL_SPLINE", matchMode="GLOBAL")
+    start = jm.MatchBackgroundsConfig(
+        binSize=48, interpStyle="NATURAL_SPLINE", matchMode="GLOBAL", gridStatistic="MEANCLIP"
+    )
     result = jm.autotune(
         batch,
         start,
@@ -186,13 +212,15 @@ def test_global_mode_autotune_and_task_tune():
     )
     assert result.config.matchMode == "GLOBAL" and result.config.binSize == 24
     assert np.isfinite(result.loss) and result.loss < result.default_loss
-    task = jm.MatchBackgroundsTask(start.replace(matchMode="REFERENCE"))
+    # task.tune on the same settings: the compiled tables are reused
+    task = jm.MatchBackgroundsTask(start)
     tuned = task.tune(
         batch, reference=0, bin_sizes=(24,), roughness=(0.0,), num_sigma_clip=(3.0,), budget_s=600
     )
     assert isinstance(tuned.task, jm.MatchBackgroundsTask)
     assert tuned.task.config == tuned.config == tuned.tuning.config
-    assert tuned.config.binSize == 24
+    assert tuned.config.binSize == 24 and tuned.config.matchMode == "GLOBAL"
+    assert tuned.tuning.loss == result.loss
 
 
 def test_candidate_settings_respect_the_grid():
@@ -218,6 +246,7 @@ def test_cli_match_tune_writes_a_reusable_config(tmp_path, capsys):
         files.append(str(path))
     out = tmp_path / "out"
     common = ["--gain", "1.0", "--read-noise", "4.0", "--set", "binSize=32"]
+    common += ["--set", "gridStatistic=MEANCLIP"]  # start = first candidate: one compilation
     rc = cli.main(["match", *files, "--out", str(out), "--tune", "--tune-budget", "30", *common])
     assert rc == 0
     chosen = out / "chosen.toml"
@@ -243,3 +272,44 @@ def test_cli_match_tune_writes_a_reusable_config(tmp_path, capsys):
     assert rc == 0
     assert json.loads((tmp_path / "t.json").read_text())
     assert config.binSize in (16, 32)
+
+
+def test_mask_difference_sources_flags_unshared_light_and_improves_the_fit():
+    """Blobs in the science exposure only (unflagged: transients, scale residuals) bias
+    a MEAN fit; masking the sources of the difference image removes them from the
+    validation cells and the fit. NumPy detection, one compiled `match`."""
+    size, sigma = 128, 4.0
+    rng = np.random.default_rng(8)
+    y, x = np.mgrid[:size, :size]
+    truth = 3.0 * np.sin(2 * np.pi * x / size) * np.cos(2 * np.pi * y / size)
+    blobs = np.zeros((size, size))
+    centres = [(20, 30), (60, 90), (100, 40), (45, 60), (90, 110), (110, 10)]
+    for cy, cx in centres:
+        blobs += 40.0 * sigma * np.exp(-0.5 * ((y - cy) ** 2 + (x - cx) ** 2) / 3.0**2)
+    ref = 100 + rng.normal(0, sigma, (size, size))
+    sci = 100 - truth + blobs + rng.normal(0, sigma, (size, size))
+    var = np.full((size, size), sigma**2)
+    batch = jm.stack_exposures([jm.Exposure(ref, variance=var), jm.Exposure(sci, variance=var)])
+    mask_before = np.array(batch.mask)
+    config = jm.MatchBackgroundsConfig(binSize=32, interpStyle="NATURAL_SPLINE")
+    # blocks of a quarter of the side: the local background follows the waves
+    masked = jm.mask_difference_sources(batch, 0, config, detection=Detection(box=32))
+    np.testing.assert_array_equal(np.asarray(batch.mask), mask_before)  # input intact
+    np.testing.assert_array_equal(np.asarray(masked.mask[0]), mask_before[0])  # ref intact
+    np.testing.assert_array_equal(np.asarray(masked.image), np.asarray(batch.image))
+    detected = (np.asarray(masked.mask[1]) & (1 << jm.DEFAULT_MASK_PLANES["DETECTED"])) > 0
+    core = blobs > 3 * sigma  # where a blob exceeds 3σ per pixel
+    assert detected[core].mean() > 0.95
+    assert detected[blobs < 0.01 * sigma].mean() < 0.02  # few false detections
+
+    def error(b):
+        out = jm.match(b[0], b[np.array([1])], config)
+        return float(np.sqrt(np.mean((np.asarray(out.model.getImage())[0] - truth) ** 2)))
+
+    before, after = error(batch), error(masked)
+    print(f"model error vs truth: unmasked {before:.3f}, masked {after:.3f} ADU")
+    assert after < 0.5 * before
+    with pytest.raises(ValueError, match="badMaskPlanes"):
+        jm.mask_difference_sources(batch, 0, config.replace(badMaskPlanes=("NO_DATA",)))
+    with pytest.raises(ValueError, match="reference index"):
+        jm.mask_difference_sources(batch, 2, config)

@@ -1,6 +1,7 @@
 """Gradient-based tuning: held-out loss, its gradients, and `tune` on a known case."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +38,8 @@ def test_heldout_gradients_match_finite_differences():
     """d(held-out loss)/d(every tuned parameter) vs central differences.
 
     float64, step 1e-5 on the log/logit scale: truncation O(h²) ≈ 1e-10, rounding
-    O(1e-16 / h) ≈ 1e-11, both far below the asserted 1e-6 relative.
+    O(1e-16 / h) ≈ 1e-11, both far below the asserted 1e-6 relative. The loss values
+    come from the same compiled program as the gradient (one compilation per config).
     """
     rng = np.random.default_rng(1)
     exps = []
@@ -57,8 +59,14 @@ def test_heldout_gradients_match_finite_differences():
         jm.MatchBackgroundsConfig(binSize=16, usePolynomial=True, order=2),
     ):
         params = _with(jm.TuningParameters.from_config(config), log_roughness=np.log(0.3))
-        loss = jax.jit(lambda p: jm.heldout_loss(p, batch, config))
-        grads = jax.grad(loss)(params)
+        value_and_grad = jax.jit(
+            jax.value_and_grad(lambda p, c=config: jm.heldout_loss(p, batch, c))
+        )
+
+        def loss(p, value_and_grad=value_and_grad):
+            return value_and_grad(p)[0]
+
+        grads = value_and_grad(params)[1]
         for name in (
             "log_roughness",
             "log_num_sigma_clip",
@@ -91,11 +99,14 @@ def test_tune_finds_the_scanned_optimum_and_beats_the_default():
     batch, backgrounds = _wavy_patch()
     config = jm.MatchBackgroundsConfig(binSize=16, interpStyle="NATURAL_SPLINE")
     params = jm.TuningParameters.from_config(config)
-    loss = jax.jit(
-        lambda lr: jm.heldout_loss(_with(params, log_roughness=lr), batch, config, reference=0)
-    )
     grid = np.linspace(-6, 5, 45)  # the scan: 0.25 steps in log λ
-    scan = np.array([float(loss(g)) for g in grid])
+    # eager calls: one compiled loss, shared with `tune` below (λ is an argument)
+    scan = np.array(
+        [
+            float(jm.heldout_loss(_with(params, log_roughness=g), batch, config, reference=0))
+            for g in grid
+        ]
+    )
     best = grid[np.argmin(scan)]
     assert 0 < np.argmin(scan) < len(grid) - 1  # an interior optimum, so the test means something
 
@@ -109,12 +120,13 @@ def test_tune_finds_the_scanned_optimum_and_beats_the_default():
     assert abs(tuned - best) < np.log(3.0)
     assert result.traces == 1  # one jitted step, no recompilation across 80 steps
 
-    def model_error(cfg):
-        out = jm.match(batch[0], batch[np.arange(1, 4)], cfg)
+    def model_error(roughness):  # λ as an argument: one compiled match for both
+        out = jm.match(batch[0], batch[np.arange(1, 4)], config, roughness=roughness)
         truth = backgrounds[0] - backgrounds[1:]
         return float(np.sqrt(np.mean((np.asarray(out.model.getImage()) - truth) ** 2)))
 
-    default_error, tuned_error = model_error(config), model_error(result.config)
+    default_error = model_error(config.splineRoughness)
+    tuned_error = model_error(result.config.splineRoughness)
     print(f"model error vs truth: default {default_error:.4f}, tuned {tuned_error:.4f}")
     assert tuned_error < default_error
     assert result.config.splineRoughness == pytest.approx(np.exp(tuned))
@@ -175,17 +187,25 @@ def test_global_mode_heldout_loss_and_tuning():
     config = jm.MatchBackgroundsConfig(binSize=16, interpStyle="NATURAL_SPLINE", matchMode="GLOBAL")
     structure = jm.global_structure(batch, config)
     params = _with(jm.TuningParameters.from_config(config), log_roughness=-2.0)
-    loss = jax.jit(lambda p: jm.heldout_loss(p, batch, config, structure=structure))
-    grad = jax.grad(loss)(params).log_roughness
+    value_and_grad = jax.jit(
+        jax.value_and_grad(lambda p: jm.heldout_loss(p, batch, config, structure=structure))
+    )
+    value, grads = value_and_grad(params)
     fd = (
-        loss(_with(params, log_roughness=-2.0 + 1e-5))
-        - loss(_with(params, log_roughness=-2.0 - 1e-5))
+        value_and_grad(_with(params, log_roughness=-2.0 + 1e-5))[0]
+        - value_and_grad(_with(params, log_roughness=-2.0 - 1e-5))[0]
     ) / 2e-5
-    np.testing.assert_allclose(grad, fd, rtol=1e-6)
+    np.testing.assert_allclose(grads.log_roughness, fd, rtol=1e-6)
     # Eager call computes the structure itself and gives the same value.
-    np.testing.assert_allclose(jm.heldout_loss(params, batch, config), loss(params), rtol=1e-12)
+    np.testing.assert_allclose(jm.heldout_loss(params, batch, config), value, rtol=1e-12)
     result = jm.tune(batch, config.replace(splineRoughness=1e-4), steps=15)
     assert result.history[-1] < result.history[0] and result.traces == 1
+
+
+@functools.partial(jax.jit, static_argnames=("config", "reference"))
+def _loss_and_grad(params, batch, config, reference):
+    """One compiled program per (config, reference), shared by the cases below."""
+    return jax.value_and_grad(jm.heldout_loss)(params, batch, config, reference=reference)
 
 
 @pytest.mark.parametrize("case", ["all_masked", "identical", "constant"])
@@ -212,9 +232,7 @@ def test_tuning_gradient_is_finite_with_failed_or_degenerate_exposures(case):
     for config in (spline, spline.replace(usePolynomial=True, order=2)):
         for reference in (0, None):
             params = jm.TuningParameters.from_config(config)
-            loss, grads = jax.value_and_grad(
-                lambda p, c=config, r=reference: jm.heldout_loss(p, batch, c, reference=r)
-            )(params)
+            loss, grads = _loss_and_grad(params, batch, config, reference)
             assert np.isfinite(loss)
             for leaf in jax.tree.leaves(grads):
                 assert np.all(np.isfinite(leaf)), (case, config.usePolynomial, reference, grads)
