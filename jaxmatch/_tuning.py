@@ -245,7 +245,7 @@ def heldout_loss(
 
 def _heldout_global(params, batch, config, reference, folds, seed, structure):
     """The held-out loss of global matching (see `heldout_loss`)."""
-    from ._global import _pair_weights, global_structure, pair_data, solve_pairs
+    from ._global import global_structure, pair_data, pair_weights, solve_pairs
 
     reference = 0 if reference is None else reference
     if structure is None:
@@ -262,8 +262,8 @@ def _heldout_global(params, batch, config, reference, folds, seed, structure):
     bits = batch.bitmask(config.badMaskPlanes)
     pi, pj = jnp.asarray(pairs[:, 0]), jnp.asarray(pairs[:, 1])
     data = pair_data(batch, pairs, hyper, bits, config, plan)
-    z, valid = data["z"], data["valid"]
-    w = _pair_weights(config, pi, pj, n, data["e2"], data["w_pair"], valid)
+    z, valid = data.z, data.valid
+    w = pair_weights(config, pi, pj, n, data.e2, data.w_pair, valid)
     design = design_matrix(plan, dtype)
     labels = fold_labels((len(plan.fit_y[0]), len(plan.fit_x[0])), folds, seed).reshape(-1)
     held = jnp.asarray(labels[None] == np.arange(int(labels.max()) + 1)[:, None])
@@ -273,7 +273,7 @@ def _heldout_global(params, batch, config, reference, folds, seed, structure):
         sol = solve_pairs(
             jnp.where(keep, w, 0.0), z, keep, pairs, groups, gauge, hyper, config, plan, n, False
         )
-        pred = (sol["coef"][pj] - sol["coef"][pi]) @ design.T
+        pred = (sol.coef[pj] - sol.coef[pi]) @ design.T
         r = jnp.where(valid & held_f[None], z - pred, 0.0)
         return jnp.sum(w * r * r)
 
