@@ -21,11 +21,12 @@ so masks and clipping carry over from the core unchanged. Its cost is one
 binning pass per pair; ``globalMaxPartners`` keeps only each exposure's
 best-overlapping partners, making the work linear in N.
 
-Normal equations. Each pair adds ``G = Bᵀ W B`` (K×K) to blocks ``(i, i)`` and
-``(j, j)`` and ``-G`` to ``(i, j)`` and ``(j, i)``: a graph Laplacian of K×K
-blocks. The N·K × N·K normal matrix is assembled from the per-pair blocks (never
-an ``(N·bins, N·K)`` design matrix) and solved with the gauge constraints
-(below) by one dense LU of the KKT system.
+The solve. Each pair couples blocks ``(i, j)`` of a graph Laplacian of K×K
+blocks. No normal matrix of the raw basis and no ``(N·bins, N·K)`` design matrix
+is formed: `jaxmatch._solve.solve_pair_blocks` whitens each exposure's basis by
+a QR, compresses each pair's rows to 2K by a QR, and solves the whitened
+least-squares problem by CGLS preconditioned with a Cholesky factor of the
+whitened block Laplacian, gauge exposures eliminated (docs/algorithm.md §13).
 
 Gauge. Differences fix the models only up to a common offset model per group of
 connected exposures. ``globalGauge="REFERENCE"`` (default): the gauge exposure's
@@ -35,8 +36,8 @@ the overlap graph (pairs with at least one valid bin); a group without the
 reference takes its lowest-index exposure as its gauge (``"REFERENCE"``), and
 isolated exposures are failures (status ``NO_OVERLAP``).
 
-Uncertainties. The coefficient covariance is the constrained inverse of the
-normal matrix (top-left block of the inverse KKT matrix) divided by the weight
+Uncertainties. The coefficient covariance is the inverse of the normal matrix
+restricted to the free exposures (from the same factor) divided by the weight
 normaliser — i.e. in data units when the bin errors are trusted (weights from
 the bins' own scatter); without `approxWeighting` (unit weights) it is scaled by
 the reduced χ² of the fit. The NUISANCE weights reproduce the per-bin likelihood

@@ -386,9 +386,10 @@ def solve_pair_blocks(
             return y + alpha * p, r_p, r_n, s_new, s_new + ratio(gamma_new, gamma) * p, gamma_new
 
         def cgls_step(_, state):
-            going = state[-1][0] > floor
-            new = jax.vmap(one_step)(*state)
-            return tuple(jnp.where(going, a, b) for a, b in zip(new, state))
+            # Skipped once stopped (under vmap, e.g. held-out folds, both run).
+            return jax.lax.cond(
+                state[-1][0] > floor, lambda s: jax.vmap(one_step)(*s), lambda s: s, state
+            )
 
         state = (jnp.zeros((rhs.shape[0], n, k), dtype), rhs, r_n0, s0, s0, gamma0)
         y = jax.lax.fori_loop(0, CGLS_STEPS, cgls_step, state)[0]
