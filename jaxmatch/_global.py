@@ -51,6 +51,7 @@ benchmark): the models stay right, their covariances are then approximate.
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -559,8 +560,25 @@ def _penalty_and_terms(config, plan, valid_union, dtype):
     return rows, floor, active, terms.undersampled
 
 
-def global_structure(exposures: Exposure, config: MatchBackgroundsConfig, reference: int = 0):
-    """``(pairs, groups, gauge)`` of a batch for global matching (host side).
+class GlobalStructure(NamedTuple):
+    """The overlap structure of a batch (host NumPy arrays; unpacks as a tuple).
+
+    Attributes:
+        pairs: ``(P, 2)`` int pairs ``(i, j)``, ``i < j``.
+        groups: ``(N,)`` connected-group label (-1: isolated).
+        gauge: ``(N,)`` bool, the gauge exposure of each group.
+    """
+
+    pairs: np.ndarray
+    groups: np.ndarray
+    gauge: np.ndarray
+
+
+def global_structure(
+    exposures: Exposure, config: MatchBackgroundsConfig, reference: int = 0
+) -> GlobalStructure:
+    """``(pairs, groups, gauge)`` of a batch for global matching (host side), a
+    `GlobalStructure`.
 
     From the masks only: `pair_overlaps` → `choose_pairs` (``globalMaxPartners``)
     → `connected_groups` → `gauge_exposures`. Compute it once outside `jit` and
@@ -569,7 +587,7 @@ def global_structure(exposures: Exposure, config: MatchBackgroundsConfig, refere
     n = exposures.image.shape[0]
     pairs = choose_pairs(pair_overlaps(exposures, config), config.globalMaxPartners)
     groups = connected_groups(n, pairs)
-    return pairs, groups, gauge_exposures(groups, reference)
+    return GlobalStructure(pairs, groups, gauge_exposures(groups, reference))
 
 
 def match_all(
