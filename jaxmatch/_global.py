@@ -51,16 +51,17 @@ benchmark): the models stay right, their covariances are then approximate.
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from ._batch import working_dtype
-from ._binning import grid_statistics
+from ._binning import CellStats, grid_statistics
 from ._compile import filter_jit
 from ._config import MatchBackgroundsConfig
 from ._diagnostics import matched_mse
@@ -138,10 +139,10 @@ def _overlaps(mask, image, bits, config):
 
     def row(u_i):
         def count(u_j):
-            _, _, _, n = grid_statistics(
+            stats = grid_statistics(
                 jnp.zeros(u_i.shape, jnp.float32), u_i & u_j, fit_y, fit_x, "MEAN", 3.0, 0
             )
-            return jnp.sum(n >= 2)
+            return jnp.sum(cast(CellStats, stats)[3] >= 2)
 
         return jax.lax.map(count, usable)
 

@@ -129,7 +129,7 @@ def working_eps(dtype) -> float:
 
 
 def regulariser_rows(
-    penalty: Float[Array, "p k"],
+    penalty: Float[Array | np.ndarray, "p k"],
     sqrt_mu: Float[Array, ""],
     sqrt_eps: Float[Array, ""],
     act: Float[Array, " k"],
@@ -332,22 +332,23 @@ def solve_pair_blocks(
     chol = jnp.linalg.cholesky(a_d + shift * jnp.eye(n * k, dtype=dtype))
     diag = jnp.abs(jnp.diagonal(chol))
     graph_condition = (jnp.max(diag) / jnp.min(diag)) ** 2  # estimate of cond(A_d)
-    if with_covariance:
-        # L⁻¹: A_d⁻¹ ≈ L⁻ᵀ L⁻¹; the solves below go through it (one LAPACK call).
-        l_inv = jsl.solve_triangular(chol, jnp.eye(n * k, dtype=dtype), lower=True)
+    # L⁻¹ (with the covariance): A_d⁻¹ ≈ L⁻ᵀ L⁻¹, and the solves below go through
+    # it (one LAPACK call); else triangular solves with L.
+    l_inv = (
+        jsl.solve_triangular(chol, jnp.eye(n * k, dtype=dtype), lower=True)
+        if with_covariance
+        else None
+    )
 
-        def solve_l(x):  # L⁻¹ x
+    def solve_l(x):  # L⁻¹ x
+        if l_inv is not None:
             return l_inv @ x
+        return jsl.solve_triangular(chol, x, lower=True)
 
-        def solve_lt(x):  # L⁻ᵀ x
+    def solve_lt(x):  # L⁻ᵀ x
+        if l_inv is not None:
             return l_inv.T @ x
-    else:
-
-        def solve_l(x):
-            return jsl.solve_triangular(chol, x, lower=True)
-
-        def solve_lt(x):
-            return jsl.solve_triangular(chol, x, lower=True, trans="T")
+        return jsl.solve_triangular(chol, x, lower=True, trans="T")
 
     def ratio(num, den):
         """``num / den``, 0 where ``den == 0`` (converged), finite derivatives."""
@@ -431,14 +432,14 @@ def solve_pair_blocks(
     correction = jnp.sum(delta * a_delta, axis=1)
     if mix is not None:
         coef = jnp.asarray(mix, dtype) @ coef
-    if with_covariance and mix is None:
+    if l_inv is not None and mix is None:
         # [A_d⁻¹]_ii = (L⁻¹[:, block i])ᵀ (L⁻¹[:, block i]).
         cols = l_inv.reshape(n * k, n, k)
         blocks_inv = jnp.einsum("rnk,rnl->nkl", cols, cols)
         half = from_whitened(blocks_inv)  # R_i⁻¹ [A_d⁻¹]_ii
         cov = from_whitened(jnp.swapaxes(half, 1, 2))  # R_i⁻¹ (R_i⁻¹ [A_d⁻¹]_ii)ᵀ
         cov = cov * free[:, None, None]
-    elif with_covariance:
+    elif l_inv is not None and mix is not None:
         # Full covariance of c = R⁻¹ d (pinned and inactive rows 0), then mixed.
         a_inv = (l_inv.T @ l_inv).reshape(n, k, n * k)
         left = from_whitened(a_inv).reshape(n, k, n, k)  # R_n⁻¹ A4[n, :, m, :]
