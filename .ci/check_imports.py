@@ -17,7 +17,6 @@ PACKAGE = Path(__file__).resolve().parent.parent / "jaxmatch"
 
 # (importer, module, name): existing cross-module private imports to be removed.
 KNOWN = {
-    ("_tuning", "_global", "_pair_weights"),
     ("_diagnostics", "_binning", "_power_sums"),
 }
 # Import cycles through a deferred (function-level) import, to be removed.

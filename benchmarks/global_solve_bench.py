@@ -1,5 +1,12 @@
 """Time and memory of the global block solve alone (`jaxmatch._solve.solve_pair_blocks`).
 
+Runs, in one process on the same synthetic bins: the current solve (whitened
+block system, shifted-Cholesky preconditioned CGLS); with ``--previous COMMIT``
+that commit's ``jaxmatch/_solve.py`` (e.g. the dense QR of the whitened stack,
+0e8abe7), loaded from git; with ``--kkt`` the normal-equations/KKT-inverse solve
+of earlier versions. Each: first call (compile + run), second call (run), peak
+RSS, and the largest coefficient difference from the first method run.
+
 The pixel passes of `match_global` scale with N · pixels; the solve with the
 pairs and N·K. This isolates the solve at the project's target size without
 the pixel data: N exposures, a Chebyshev order-4 TENSOR basis (K = 25) on a
@@ -7,15 +14,17 @@ the pixel data: N exposures, a Chebyshev order-4 TENSOR basis (K = 25) on a
 ``partners`` nearest neighbours on a ring (N = 64, 8 partners: 256 pairs),
 random weights and values, covariance on; float32 unless --float64.
 
-    python benchmarks/global_solve_bench.py --n 64
+    python benchmarks/global_solve_bench.py --n 64 --previous 0e8abe7 --kkt
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -41,7 +50,10 @@ def main():
     parser.add_argument("--order", type=int, default=4)
     parser.add_argument("--float64", action="store_true")
     parser.add_argument(
-        "--kkt", action="store_true", help="the previous solve: normal equations + KKT inverse"
+        "--kkt", action="store_true", help="also the normal-equations + KKT-inverse solve"
+    )
+    parser.add_argument(
+        "--previous", default=None, help="also this commit's jaxmatch/_solve.py (from git)"
     )
     args = parser.parse_args()
     if args.float64:
@@ -71,18 +83,53 @@ def main():
     )(act)
     pinned = np.zeros(n, bool)
     pinned[0] = True
-    fn = jax.jit(
-        lambda w, z, r: solve_pair_blocks(design, w, z, pairs, r, act, pinned, with_covariance=True)
-    )
+
+    def current(w, z, r):
+        return solve_pair_blocks(design, w, z, pairs, r, act, pinned, with_covariance=True).coef
+
+    methods = {"current (Cholesky-preconditioned CGLS)": current}
+    if args.previous:
+        old = _module_at(args.previous)
+
+        def previous(w, z, r):
+            sol = old.solve_pair_blocks(design, w, z, pairs, r, act, pinned, with_covariance=True)
+            return sol["coef"] if isinstance(sol, dict) else sol.coef
+
+        methods[f"previous ({args.previous}: dense QR of the whitened stack)"] = previous
     if args.kkt:
-        fn = jax.jit(lambda w, z, r: _kkt_solve(design, w, z, pairs, r, n))
+        methods["KKT inverse (normal equations)"] = lambda w, z, r: _kkt_solve(
+            design, w, z, pairs, r, n
+        )[0][: n * k].reshape(n, k)
     print(f"N={n} K={k} bins={m} pairs={len(pairs)} dtype={np.dtype(dtype).name}")
-    for label in ("1st (compile + run)", "2nd (run)"):
-        with PeakRSS() as peak:
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(weights, values, reg))
-            dt = time.perf_counter() - t0
-        print(f"solve {label}: {dt:.2f} s, peak RSS delta {peak.peak / 2**30:.2f} GiB")
+    first = None
+    for name, method in methods.items():
+        fn = jax.jit(method)
+        for label in ("1st (compile + run)", "2nd (run)"):
+            with PeakRSS() as peak:
+                t0 = time.perf_counter()
+                coef = jax.block_until_ready(fn(weights, values, reg))
+                dt = time.perf_counter() - t0
+            print(f"{name}: solve {label}: {dt:.2f} s, peak RSS delta {peak.peak / 2**30:.2f} GiB")
+        coef = np.asarray(coef, np.float64)
+        first = coef if first is None else first
+        scale = np.max(np.abs(first))
+        rel = np.max(np.abs(coef - first)) / scale
+        print(f"{name}: max |coef - first| / max |first| = {rel:.2e}")
+
+
+def _module_at(commit: str) -> types.ModuleType:
+    """``jaxmatch/_solve.py`` as of ``commit`` (it imports JAX and NumPy only)."""
+    root = Path(__file__).resolve().parent.parent
+    text = subprocess.run(
+        ["git", "show", f"{commit}:jaxmatch/_solve.py"],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    module = types.ModuleType(f"solve_{commit}")
+    exec(compile(text, f"{commit}:jaxmatch/_solve.py", "exec"), module.__dict__)
+    return module
 
 
 def _kkt_solve(design, w, z, pairs, reg, n):

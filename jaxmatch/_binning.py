@@ -123,16 +123,26 @@ def _power_sums_jvp(axes, primals, tangents):
 
 
 def _rough_centre(x, weight, axes, fold):
-    """Mean of ``x`` over at most 4 evenly spaced slices along ``axes[0]``.
+    """Mean of ``x`` over at most 4 evenly spaced slices along ``axes[0]``; where
+    none of them has a usable entry (a cell whose usable rows fall between the
+    sampled rows), over 4 slices along ``axes[1]`` (8 slices, no extra data pass).
 
     Only the shift of the one-pass moments: any value within a few σ of the mean
-    keeps their float32 rounding error negligible. 0 where no sampled entry is usable.
+    keeps their float32 rounding error negligible. 0 where no sampled row or
+    column has a usable entry (usable pixels only in a patch between both).
     """
-    size = x.shape[axes[0]]
-    rows = np.unique(np.linspace(0, size - 1, min(size, 4)).round().astype(np.int64))
-    xs = jnp.take(x, rows, axis=axes[0])
-    ws = jnp.take(weight, rows, axis=axes[0])
-    count, total = fold(jnp.sum(ws, axes)), fold(jnp.sum(ws * xs, axes))
+
+    def sampled(axis):
+        size = x.shape[axis]
+        rows = np.unique(np.linspace(0, size - 1, min(size, 4)).round().astype(np.int64))
+        xs, ws = jnp.take(x, rows, axis=axis), jnp.take(weight, rows, axis=axis)
+        return fold(jnp.sum(ws, axes)), fold(jnp.sum(ws * xs, axes))
+
+    count, total = sampled(axes[0])
+    if len(axes) > 1:
+        count_x, total_x = sampled(axes[1])
+        total = jnp.where(count > 0, total, total_x)
+        count = jnp.where(count > 0, count, count_x)
     return jnp.where(count > 0, total / jnp.where(count > 0, count, 1), 0.0)
 
 

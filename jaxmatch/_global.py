@@ -21,11 +21,12 @@ so masks and clipping carry over from the core unchanged. Its cost is one
 binning pass per pair; ``globalMaxPartners`` keeps only each exposure's
 best-overlapping partners, making the work linear in N.
 
-Normal equations. Each pair adds ``G = Bᵀ W B`` (K×K) to blocks ``(i, i)`` and
-``(j, j)`` and ``-G`` to ``(i, j)`` and ``(j, i)``: a graph Laplacian of K×K
-blocks. The N·K × N·K normal matrix is assembled from the per-pair blocks (never
-an ``(N·bins, N·K)`` design matrix) and solved with the gauge constraints
-(below) by one dense LU of the KKT system.
+The solve. Each pair couples blocks ``(i, j)`` of a graph Laplacian of K×K
+blocks. No normal matrix of the raw basis and no ``(N·bins, N·K)`` design matrix
+is formed: `jaxmatch._solve.solve_pair_blocks` whitens each exposure's basis by
+a QR, compresses each pair's rows to 2K by a QR, and solves the whitened
+least-squares problem by CGLS preconditioned with a Cholesky factor of the
+whitened block Laplacian, gauge exposures eliminated (docs/algorithm.md §13).
 
 Gauge. Differences fix the models only up to a common offset model per group of
 connected exposures. ``globalGauge="REFERENCE"`` (default): the gauge exposure's
@@ -35,8 +36,8 @@ the overlap graph (pairs with at least one valid bin); a group without the
 reference takes its lowest-index exposure as its gauge (``"REFERENCE"``), and
 isolated exposures are failures (status ``NO_OVERLAP``).
 
-Uncertainties. The coefficient covariance is the constrained inverse of the
-normal matrix (top-left block of the inverse KKT matrix) divided by the weight
+Uncertainties. The coefficient covariance is the inverse of the normal matrix
+restricted to the free exposures (from the same factor) divided by the weight
 normaliser — i.e. in data units when the bin errors are trusted (weights from
 the bins' own scatter); without `approxWeighting` (unit weights) it is scaled by
 the reduced χ² of the fit. The NUISANCE weights reproduce the per-bin likelihood
@@ -46,21 +47,21 @@ freedom no longer match it, and ``chi2_reduced`` falls roughly with the fraction
 of pairs kept (0.97 → 0.25 from all pairs to 476 of 2016 in the N = 64
 benchmark): the models stay right, their covariances are then approximate.
 """
-# pyright: reportIndexIssue=false, reportAttributeAccessIssue=false, reportAssignmentType=false, reportArgumentType=false
-# (stage dicts and grid_statistics' union return, until the global solve has typed records.)
 
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple, cast
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
 from ._batch import working_dtype
-from ._binning import grid_statistics
+from ._binning import CellStats, grid_statistics
 from ._compile import filter_jit
 from ._config import MatchBackgroundsConfig
 from ._diagnostics import matched_mse
@@ -70,20 +71,12 @@ from ._model import BackgroundModel
 from ._plan import design_matrix, penalty_rows, plan_fit
 from ._solve import (
     RIDGE_PER_CELL,
-    ROUNDOFF_LIMIT,
+    BlockSolution,
     global_roundoff,
     regulariser_rows,
     solve_pair_blocks,
 )
-from ._status import (
-    ILL_CONDITIONED,
-    NAN_DIAGNOSTIC,
-    NO_OVERLAP,
-    NONFINITE,
-    SUCCESS,
-    UNDERSAMPLED,
-    check_result,
-)
+from ._status import SUCCESS, check_result, final_status, fit_status
 from ._validate import check_match_arguments
 
 _log = logging.getLogger(__name__)
@@ -146,10 +139,10 @@ def _overlaps(mask, image, bits, config):
 
     def row(u_i):
         def count(u_j):
-            _, _, _, n = grid_statistics(
+            stats = grid_statistics(
                 jnp.zeros(u_i.shape, jnp.float32), u_i & u_j, fit_y, fit_x, "MEAN", 3.0, 0
             )
-            return jnp.sum(n >= 2)
+            return jnp.sum(cast(CellStats, stats)[3] >= 2)
 
         return jax.lax.map(count, usable)
 
@@ -265,13 +258,13 @@ def _match_global(exposures, hyper, bits, config, structure, with_covariance):
     pi, pj = jnp.asarray(pairs[:, 0]), jnp.asarray(pairs[:, 1])
 
     data = pair_data(exposures, pairs, hyper, bits, config, plan)
-    z, valid, pair_var = data["z"], data["valid"], data["pair_var"]
-    w = _pair_weights(config, pi, pj, n, data["e2"], data["w_pair"], valid)
+    z, valid, pair_var = data.z, data.valid, data.pair_var
+    w = pair_weights(config, pi, pj, n, data.e2, data.w_pair, valid)
     design = design_matrix(plan, dtype)
     n_valid = jnp.sum(valid)
     sol = solve_pairs(w, z, valid, pairs, groups, gauge, hyper, config, plan, n, with_covariance)
-    coef, cov, act, under = sol["coef"], sol["cov"], sol["act"], sol["under"]
-    valid_union, w_bar, n_constraints = sol["valid_union"], sol["w_bar"], sol["n_constraints"]
+    coef, cov, act, under = sol.coef, sol.cov, sol.active, sol.undersampled
+    valid_union, w_bar, n_constraints = sol.valid_union, sol.w_bar, sol.n_constraints
 
     # Residuals of every pair's bins; reduced χ² and fitRMS per exposure.
     pred = (coef[pairs[:, 1]] - coef[pairs[:, 0]]) @ design.T
@@ -293,9 +286,7 @@ def _match_global(exposures, hyper, bits, config, structure, with_covariance):
     cnt_i = jnp.zeros(n, dtype).at[pi].add(cnt).at[pj].add(cnt)
     rms = jnp.sqrt(sq_i / jnp.maximum(cnt_i, 1))
 
-    status = jnp.where(cnt_i == 0, NO_OVERLAP, jnp.where(under, UNDERSAMPLED, SUCCESS))
-    finite = jnp.all(jnp.isfinite(coef), axis=1)
-    status = jnp.where((status == SUCCESS) & ~finite, NONFINITE, status)
+    status = fit_status(cnt_i == 0, under, jnp.all(jnp.isfinite(coef), axis=1))
     ok = status == SUCCESS
     coef = jnp.where(ok[:, None], coef, jnp.nan).reshape(n, ky, kx)
     model = BackgroundModel(coef, basis)
@@ -323,11 +314,10 @@ def _match_global(exposures, hyper, bits, config, structure, with_covariance):
         exposures.image,
     )
     nan = jnp.asarray(jnp.nan, dtype)
-    status = jnp.where(ok & (jnp.isnan(rms) | jnp.isnan(var_i)), NAN_DIAGNOSTIC, status)
     # Rounding error of the solve vs the statistical 1σ (docs/algorithm.md §13).
     noise2 = (1.0 if config.approxWeighting else chi2 / dof) / w_bar
-    roundoff = global_roundoff(sol, groups, noise2, dtype)
-    status = jnp.where((status == SUCCESS) & (roundoff > ROUNDOFF_LIMIT), ILL_CONDITIONED, status)
+    roundoff = global_roundoff(sol.blocks, groups, noise2, dtype)
+    status = final_status(status, roundoff, rms, var_i)
     return GlobalResult(
         model=model,
         matched=matched,
@@ -335,7 +325,7 @@ def _match_global(exposures, hyper, bits, config, structure, with_covariance):
         fitRMS=jnp.where(ok, rms, nan),
         matchedMSE=jnp.where(ok, mse_i, nan),
         diffImVar=jnp.where(ok, var_i, nan),
-        status=status.astype(jnp.int32),
+        status=status,
         group=jnp.asarray(groups, jnp.int32),
         gauge=jnp.asarray(gauge),
         pairs=jnp.asarray(pairs, jnp.int32),
@@ -395,13 +385,55 @@ def group_summary(result: GlobalResult) -> str | None:
     return text
 
 
-def pair_data(exposures, pairs, hyper, bits, config, plan) -> dict:
-    """Pass 1 over the pairs: bin every ``x_i - x_j`` as the core bins ``ref - sci``.
+class PairData(eqx.Module):
+    """Every pair's binned difference ``x_i - x_j`` (`pair_data`), M = ny·nx bins.
 
-    Returns ``z``, ``e2`` (squared bin errors, 0 where invalid), ``w_pair`` (the
-    core's raw weights), ``valid`` — each ``(P, ny·nx)`` — and ``pair_var`` ``(P,)``
-    (clipped mean of the difference's variance plane).
+    Attributes:
+        z: ``(P, M)`` bin values [ADU] (0 where not valid).
+        e2: ``(P, M)`` squared bin errors [ADU²] (0 where not valid).
+        w_pair: ``(P, M)`` the core's raw weights ``1/e²`` (1 without
+            ``approxWeighting``; 0 where not valid).
+        valid: ``(P, M)`` bins with at least 2 usable pixels.
+        pair_var: ``(P,)`` clipped mean of the difference's variance plane
+            (``diffImVar`` of the pair) [ADU²].
     """
+
+    z: Float[Array, "P M"]
+    e2: Float[Array, "P M"]
+    w_pair: Float[Array, "P M"]
+    valid: Bool[Array, "P M"]
+    pair_var: Float[Array, " P"]
+
+
+class GlobalSolution(eqx.Module):
+    """What `solve_pairs` returns (N exposures, K terms each).
+
+    Attributes:
+        coef: ``(N, K)`` coefficients [ADU per unit basis function].
+        cov: ``(N, K, K)`` their covariance in data units for calibrated bin
+            errors (NaN unless asked for; the caller scales it by the reduced χ²
+            without ``approxWeighting``).
+        active: ``(N, K)`` 1.0 for the active terms, 0.0 for the others.
+        undersampled: ``(N,)`` the undersampling rule flags the exposure.
+        valid_union: ``(N, ny, nx)`` bins valid in at least one of the exposure's pairs.
+        w_bar: ``()`` the weight normaliser (mean weight of the valid pair bins).
+        blocks: the block solve's record (rounding-error estimates, `BlockSolution`).
+        n_constraints: gauge rows (K per pinned exposure), a trace-time int.
+    """
+
+    coef: Float[Array, "N K"]
+    cov: Float[Array, "N K K"]
+    active: Float[Array, "N K"]
+    undersampled: Bool[Array, " N"]
+    valid_union: Bool[Array, "N ny nx"]
+    w_bar: Float[Array, ""]
+    blocks: BlockSolution
+    n_constraints: int = eqx.field(static=True)
+
+
+def pair_data(exposures, pairs, hyper, bits, config, plan) -> PairData:
+    """Pass 1 over the pairs: bin every ``x_i - x_j`` as the core bins ``ref - sci``
+    (`prepare_fit` per pair, ``jax.lax.map`` over the ``(P, 2)`` ``pairs``)."""
     pairs = jnp.asarray(np.asarray(pairs).reshape(-1, 2))
 
     def pair_bins(ij):
@@ -413,25 +445,22 @@ def pair_data(exposures, pairs, hyper, bits, config, plan) -> dict:
         return z, e2, w_raw, valid, grid.diff_im_var
 
     z, e2, w_pair, valid, pair_var = jax.lax.map(pair_bins, pairs)
-    return dict(z=z, e2=e2, w_pair=w_pair, valid=valid, pair_var=pair_var)
+    return PairData(z=z, e2=e2, w_pair=w_pair, valid=valid, pair_var=pair_var)
 
 
-def solve_pairs(w, z, valid, pairs, groups, gauge, hyper, config, plan, n, with_covariance):
+def solve_pairs(
+    w, z, valid, pairs, groups, gauge, hyper, config, plan, n, with_covariance
+) -> GlobalSolution:
     """The joint least-squares solve from per-pair bins (weights ``w`` ``(P, M)``).
 
     The problem of the module docstring, by `jaxmatch._solve.solve_pair_blocks`
-    (per-exposure whitening by QR, the block system of the overlap graph by
-    Cholesky, iterative refinement; docs/algorithm.md §13), gauge exposures
+    (per-exposure whitening by QR, the whitened block system of the overlap graph
+    by Cholesky, Newton steps on the original residual; docs/algorithm.md §13), gauge exposures
     eliminated. ``"MEAN"``: solved with each group's gauge exposure pinned, then
     each group's mean model is subtracted from its members (the differences, hence
     the matched backgrounds relative to each other, are those of ``"REFERENCE"``).
 
-    Returns a dict: ``coef`` ``(N, K)``, ``cov`` ``(N, K, K)`` (NaN unless
-    ``with_covariance``), ``act`` (active terms), ``under`` (undersampled flags),
-    ``valid_union`` ``(N, ny, nx)``, ``w_bar`` (weight normaliser),
-    ``n_constraints`` (number of gauge rows), ``correction`` ``(N,)`` (rounding
-    error estimate of the whitened coefficients, in units of ``1/√w_bar``) and
-    ``graph_condition``.
+    Returns a `GlobalSolution`.
     """
     dtype = z.dtype
     pairs = np.asarray(pairs).reshape(-1, 2)
@@ -469,19 +498,16 @@ def solve_pairs(w, z, valid, pairs, groups, gauge, hyper, config, plan, n, with_
         with_covariance=with_covariance,
         mix=_mean_gauge(groups) if config.globalGauge == "MEAN" else None,
     )
-    coef, cov = sol["coef"], sol["cov"] / w_bar
     n_constraints = k * (len(np.unique(groups[groups >= 0])) + int(np.sum(groups < 0)))
-    return dict(
-        coef=coef,
-        cov=cov,
-        act=act,
-        under=under,
+    return GlobalSolution(
+        coef=sol.coef,
+        cov=sol.cov / w_bar,
+        active=act,
+        undersampled=under,
         valid_union=valid_union,
         w_bar=w_bar,
+        blocks=sol,
         n_constraints=n_constraints,
-        correction=sol["correction"],
-        whitened_norm=sol["whitened_norm"],
-        graph_condition=sol["graph_condition"],
     )
 
 
@@ -496,8 +522,9 @@ def _mean_gauge(groups) -> np.ndarray:
     return np.eye(n) - shift
 
 
-def _pair_weights(config, pi, pj, n, e2, w_pair, valid):
-    """Bin weights of every pair, ``(P, M)``.
+def pair_weights(config, pi, pj, n, e2, w_pair, valid) -> Float[Array, "P M"]:
+    """Bin weights of every pair, ``(P, M)``, from `pair_data`'s ``e2``, ``w_pair``
+    and ``valid`` (``pi``, ``pj`` ``(P,)``: the pairs' exposures; ``n``: N).
 
     ``globalWeights="PAIR"``: the core's ``1/e²`` of each pair's own bins, as if the
     pairs were independent (with only pairs against one reference this is exactly
@@ -534,8 +561,25 @@ def _penalty_and_terms(config, plan, valid_union, dtype):
     return rows, floor, active, terms.undersampled
 
 
-def global_structure(exposures: Exposure, config: MatchBackgroundsConfig, reference: int = 0):
-    """``(pairs, groups, gauge)`` of a batch for global matching (host side).
+class GlobalStructure(NamedTuple):
+    """The overlap structure of a batch (host NumPy arrays; unpacks as a tuple).
+
+    Attributes:
+        pairs: ``(P, 2)`` int pairs ``(i, j)``, ``i < j``.
+        groups: ``(N,)`` connected-group label (-1: isolated).
+        gauge: ``(N,)`` bool, the gauge exposure of each group.
+    """
+
+    pairs: np.ndarray
+    groups: np.ndarray
+    gauge: np.ndarray
+
+
+def global_structure(
+    exposures: Exposure, config: MatchBackgroundsConfig, reference: int = 0
+) -> GlobalStructure:
+    """``(pairs, groups, gauge)`` of a batch for global matching (host side), a
+    `GlobalStructure`.
 
     From the masks only: `pair_overlaps` → `choose_pairs` (``globalMaxPartners``)
     → `connected_groups` → `gauge_exposures`. Compute it once outside `jit` and
@@ -544,7 +588,7 @@ def global_structure(exposures: Exposure, config: MatchBackgroundsConfig, refere
     n = exposures.image.shape[0]
     pairs = choose_pairs(pair_overlaps(exposures, config), config.globalMaxPartners)
     groups = connected_groups(n, pairs)
-    return pairs, groups, gauge_exposures(groups, reference)
+    return GlobalStructure(pairs, groups, gauge_exposures(groups, reference))
 
 
 def match_all(

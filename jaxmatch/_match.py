@@ -55,7 +55,7 @@ from ._plan import (
     same_edges,
 )
 from ._resample import CellCount, fit_grid_size, increase_nxnysample
-from ._solve import ROUNDOFF_LIMIT, roundoff_ratio
+from ._solve import roundoff_ratio
 from ._status import (
     FITTED as FITTED,
     ILL_CONDITIONED as ILL_CONDITIONED,
@@ -67,7 +67,7 @@ from ._status import (
     UNDERSAMPLED as UNDERSAMPLED,
     Status as Status,
     check_result as check_result,
-    diagnostic_status,
+    final_status,
     fit_status,
     fitted as fitted,
 )
@@ -184,8 +184,7 @@ def match_one(
         jnp.where(ok, coef, 0).reshape(-1),
         sigma_u,
     )
-    status = diagnostic_status(status, rms, var)
-    status = jnp.where((status == SUCCESS) & (roundoff > ROUNDOFF_LIMIT), ILL_CONDITIONED, status)
+    status = final_status(status, roundoff, rms, var)
     return MatchResult(
         model=BackgroundModel(coef, basis),
         covariance=jnp.where(ok, cov, jnp.nan),

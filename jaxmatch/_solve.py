@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import warnings
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
@@ -110,6 +111,17 @@ ILL_CONDITIONED_MESSAGE = (
 #: Steps of iterative refinement of the global solve on the original residual.
 REFINEMENT_STEPS = 2
 
+#: Conjugate-gradient (CGLS) steps of the global solve on the whitened rows.
+CGLS_STEPS = 40
+
+#: CGLS stops when ``|F̃ᵀr|`` falls below this many float32 rounding units of its
+#: start (later steps only add rounding, and can diverge).
+CGLS_TOLERANCE = 1.0
+
+#: Shift of the global solve's Cholesky preconditioner, in units of
+#: ``u · √(N·K)`` (``u`` the unit roundoff): Cholesky's backward error.
+CHOLESKY_SHIFT = 4.0
+
 
 def working_eps(dtype) -> float:
     """Unit roundoff of the working dtype (float32: 6e-8, float64: 1.1e-16)."""
@@ -117,7 +129,7 @@ def working_eps(dtype) -> float:
 
 
 def regulariser_rows(
-    penalty: Float[Array, "p k"],
+    penalty: Float[Array | np.ndarray, "p k"],
     sqrt_mu: Float[Array, ""],
     sqrt_eps: Float[Array, ""],
     act: Float[Array, " k"],
@@ -169,6 +181,32 @@ def roundoff_ratio(
 # -- the global (pairwise) block solve ----------------------------------------------
 
 
+class BlockSolution(eqx.Module):
+    """What `solve_pair_blocks` returns (N exposures, K terms each).
+
+    Attributes:
+        coef: ``(N, K)`` coefficients (0 on pinned exposures and inactive terms).
+        cov: ``(N, K, K)`` ``R_i⁻¹ [A_d⁻¹]_ii R_i⁻ᵀ``, the coefficient covariance in
+            the units of ``1/w`` (NaN unless asked for).
+        correction: ``(N,)`` ``δ_iᵀ (A_d δ)_i`` of the last refinement step ``δ``
+            (summed over a connected group: ``‖δ‖²_A``, the squared size of the
+            remaining rounding error in units of one unit of weight's variance).
+        whitened_norm: ``(N,)`` ``|d_i|`` of the whitened solution.
+        graph_condition: ``()`` the estimate ``(max l_ii / min l_ii)²`` of
+            ``cond(A_d)`` from its (shifted) Cholesky factor.
+        sensitivity: ``(N,)`` ``|Δd_i|²``, how far a one-rounding-unit change of
+            the pair right-hand sides moves the whitened solution (in units of one
+            unit of weight's variance, as ``correction``).
+    """
+
+    coef: Float[Array, "N K"]
+    cov: Float[Array, "N K K"]
+    correction: Float[Array, " N"]
+    whitened_norm: Float[Array, " N"]
+    graph_condition: Float[Array, ""]
+    sensitivity: Float[Array, " N"]
+
+
 def solve_pair_blocks(
     design: Float[Array, "m k"],
     weights: Float[Array, "P m"],
@@ -181,7 +219,7 @@ def solve_pair_blocks(
     with_covariance: bool = False,
     refinement_steps: int = REFINEMENT_STEPS,
     mix: np.ndarray | None = None,
-) -> dict:
+) -> BlockSolution:
     """``min_c Σ_p Σ_m w_pm (z_pm - B_m (c_j - c_i))² + Σ_i |L_i c_i|²`` with the
     coefficients of the ``pinned`` exposures fixed to 0 (the gauge).
 
@@ -194,35 +232,34 @@ def solve_pair_blocks(
     L_iᵀL_i`` has the square root ``S_i = [√(Σ_{p∋i} w_p) B; L_i]``; the QR
     ``S_i = Q_i R_i`` (accuracy ``cond(S_i)``, not its square) gives the whitened
     coordinates ``d_i = R_i c_i``, in which every diagonal block is exactly ``I``
-    and the off-diagonal blocks ``-V_iᵀ diag(w_p) V_j`` (``V_i = B R_i⁻¹``, columns
-    orthonormal in the ``Σ w``-weighted inner product) are products of
-    well-scaled matrices. The block matrix left, ``A_d`` (N·K)², has the
-    conditioning of the overlap graph alone (how well overlaps tie exposures to the
-    gauge), not that of the basis. It is never formed either: each pair's rows
-    ``[-√w_p V_i | √w_p V_j]`` are compressed to 2K rows by a QR, stacked with the
-    whitened regularisers ``L_i R_i⁻¹``, and one QR of that stack gives ``R_d``
-    (``R_dᵀR_d = A_d``) and ``d``: accuracy ``cond(A_d)^½``. The gauge exposures
-    are eliminated (their columns removed, ``d = 0``), so no Lagrange multipliers
-    and no indefinite matrix. ``refinement_steps`` steps of iterative refinement
-    (corrected semi-normal equations with ``R_d``) on the original residual
-    ``z - B(c_j - c_i)`` then remove what the inexact whitening left.
+    and the off-diagonal blocks ``-V_iᵀ diag(w_p) V_j`` (``V_i = B R_i⁻¹``, read
+    off ``Q_i``: columns orthonormal in the ``Σ w``-weighted inner product) are
+    products of well-scaled matrices, each entry at most 1 in size. The whitened
+    normal matrix ``A_d`` (N·K)² — a block graph Laplacian of K × K blocks — is
+    formed from these blocks (``O(P·M·K²)``), the gauge exposures' rows and
+    columns replaced by unit blocks (null-space elimination: no Lagrange
+    multipliers, no indefinite matrix), and factorised by Cholesky
+    (``(N·K)³/3``). ``A_d`` has the conditioning of the overlap graph alone (how
+    well overlaps tie exposures to the gauge), not that of the basis, so its
+    normal equations lose ``log10 cond(A_d)`` digits where those of the raw basis
+    lose ``2 log10 cond(B)``; the Cholesky factor is used only as a
+    preconditioner: ``1 + refinement_steps`` Newton steps on the original
+    least-squares objective, each ``A_d δ = T_iᵀ(-½ ∇)`` with the gradient from
+    the original residual ``z - B(c_j - c_i)``, converge to the working
+    precision's accuracy of that residual whenever ``u · cond(A_d) ≪ 1``.
 
     ``mix`` (N, N) (static, optional): return ``c'_i = Σ_j mix_ij c_j`` and its
     covariance instead (e.g. a gauge that subtracts each group's mean).
 
-    Returns a dict: ``coef`` (N, K) (0 on pinned and inactive terms); ``cov``
-    (N, K, K) ``= R_i⁻¹ [A_d⁻¹]_ii R_i⁻ᵀ`` (covariance in the units of ``1/w``;
-    NaN unless ``with_covariance``); ``correction`` (N,) ``δ_iᵀ(A_d δ)_i`` of the
-    last refinement step ``δ`` (summed over a connected group: ``‖δ‖²_A``, the
-    squared size of the remaining rounding error in units of one unit of
-    weight's variance); ``whitened_norm`` (N,) ``|d_i|``; ``graph_condition``
-    the estimate ``(max |r_ii| / min |r_ii|)²`` of ``cond(A_d)``.
+    Returns a `BlockSolution`.
     """
     dtype = design.dtype
     n, _, k = regulariser.shape
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     pi, pj = pairs[:, 0], pairs[:, 1]
-    free = jnp.asarray(~np.asarray(pinned, bool), dtype)  # (N,)
+    pinned = np.asarray(pinned, bool)
+    free_np = ~pinned
+    free = jnp.asarray(free_np, dtype)  # (N,)
     b_act = design[None, :, :] * active[:, None, :]  # (N, M, K)
 
     # Per-exposure whitening: R_i of S_i = [√(Σ w) B; L_i].
@@ -235,7 +272,6 @@ def solve_pair_blocks(
     m = weights.shape[1]
     v = jnp.where(root[:, :, None] > 0, q[:, :m] / jnp.where(root > 0, root, 1)[:, :, None], 0)
     g = q[:, m:]  # L_i R_i⁻¹
-    eye = jnp.eye(k, dtype=dtype)
 
     def from_whitened(d):
         """``c_i = R_i⁻¹ d_i`` (N, K) or (N, K, X), by triangular solves (backward
@@ -243,47 +279,137 @@ def solve_pair_blocks(
         c = jax.vmap(lambda rr, dd: jsl.solve_triangular(rr, dd, lower=False))(r, d)
         return c * (active if d.ndim == 2 else active[:, :, None])
 
-    # The whitened stacked system, each pair's M rows compressed to 2K by a QR:
-    # pair p = (i, j): rows [-√w_p V_i | √w_p V_j | √w_p z_p]; exposure i: L_i R_i⁻¹.
-    # A gauge exposure's columns are removed from every row and replaced by a
-    # unit block (its d is 0).
+    # The whitened rows of the least-squares problem (F d ≈ b, FᵀF = A_d): each
+    # pair's M rows [-√w_p V_i | √w_p V_j | √w_p z_p] compressed to 2K by a QR
+    # (P·M·(2K)², never an (N·K)-wide matrix), and every exposure's L_i R_i⁻¹. A
+    # pinned exposure's columns are dropped (its d is 0), its rows made a unit block.
     sw = _safe_sqrt(weights)
     rows_p = jnp.concatenate(
         [-(sw[:, :, None] * v[pi]), sw[:, :, None] * v[pj], (sw * values)[:, :, None]], axis=2
-    )  # (P, M, 2K + 1); a gauge exposure's columns are dropped after the compression
+    )
     # A unit-roundoff ridge keeps every compressed block nonsingular (pairs with
     # few valid bins, held-out folds), so the QR's derivative stays finite.
     tiny = jnp.asarray(working_eps(dtype), dtype) * jnp.eye(2 * k, 2 * k + 1, dtype=dtype)
     rows_p = jnp.concatenate([rows_p, jnp.broadcast_to(tiny, (len(pairs),) + tiny.shape)], axis=1)
-    packed = jax.vmap(lambda m: jnp.linalg.qr(m, mode="r"))(rows_p)[:, : 2 * k, :]
-    n_rows = len(pairs) * 2 * k + n * g.shape[1]
-    stack = jnp.zeros((n_rows, n, k), dtype)
-    rhs = jnp.zeros((n_rows,), dtype)
-    row_p = np.arange(len(pairs) * 2 * k).reshape(len(pairs), 2 * k)
-    stack = stack.at[row_p, pi[:, None], :].set(packed[:, :, :k] * free[pi][:, None, None])
-    stack = stack.at[row_p, pj[:, None], :].set(packed[:, :, k : 2 * k] * free[pj][:, None, None])
-    rhs = rhs.at[row_p].set(packed[:, :, 2 * k])
-    row_n = len(pairs) * 2 * k + np.arange(n * g.shape[1]).reshape(n, g.shape[1])
-    unit = jnp.concatenate([eye, jnp.zeros((g.shape[1] - k, k), dtype)])
-    reg = jnp.where(free[:, None, None] > 0, g, unit[None])
-    stack = stack.at[row_n, np.arange(n)[:, None], :].set(reg)
-    stack = stack.reshape(n_rows, n * k)
-    r_full = jnp.linalg.qr(jnp.concatenate([stack, rhs[:, None]], axis=1), mode="r")
-    r_d = r_full[: n * k, : n * k]  # R_dᵀ R_d = A_d, the whitened normal matrix
-    diag = jnp.abs(jnp.diagonal(r_d))
-    graph_condition = (jnp.max(diag) / jnp.min(diag)) ** 2  # estimate of cond(A_d)
-    if with_covariance:
-        r_inv = jsl.solve_triangular(r_d, jnp.eye(n * k, dtype=dtype), lower=False)
-        a_inv = r_inv @ r_inv.T
-        solve = lambda rhs_: a_inv @ rhs_  # noqa: E731
-    else:
+    packed = jax.vmap(lambda a: jnp.linalg.qr(a, mode="r"))(rows_p)[:, : 2 * k, :]
+    f_i = packed[:, :, :k] * free[pi][:, None, None]  # (P, 2K, K)
+    f_j = packed[:, :, k : 2 * k] * free[pj][:, None, None]
+    rhs_p = packed[:, :, 2 * k]  # (P, 2K)
+    unit = jnp.concatenate([jnp.eye(k, dtype=dtype), jnp.zeros((g.shape[1] - k, k), dtype)])
+    f_n = jnp.where(free[:, None, None] > 0, g, unit[None])  # (N, R, K)
 
-        def solve(rhs_):
-            y = jsl.solve_triangular(r_d, rhs_, lower=False, trans="T")
-            return jsl.solve_triangular(r_d, y, lower=False)
+    def f_apply(d):
+        """``F d``: ``(P, 2K)`` pair rows and ``(N, R)`` regulariser rows."""
+        return (
+            jnp.einsum("prk,pk->pr", f_i, d[pi]) + jnp.einsum("prk,pk->pr", f_j, d[pj]),
+            jnp.einsum("nrk,nk->nr", f_n, d),
+        )
+
+    def f_transpose(r_p, r_n):
+        """``Fᵀ r`` ``(N, K)``."""
+        out = jnp.einsum("nrk,nr->nk", f_n, r_n)
+        out = out.at[pi].add(jnp.einsum("prk,pr->pk", f_i, r_p))
+        return out.at[pj].add(jnp.einsum("prk,pr->pk", f_j, r_p))
+
+    # A_d (N·K)², a block graph Laplacian of K × K blocks: unit diagonal blocks
+    # (Q_iᵀQ_i = I), -V_iᵀ W_p V_j off the diagonal; a pinned exposure keeps only
+    # its unit block. Its Cholesky factor preconditions the solve below.
+    couple = np.asarray(free_np[pi] & free_np[pj], bool)
+    if couple.any():
+        cp, ci, cj = np.flatnonzero(couple), pi[couple], pj[couple]
+        blocks = jnp.einsum("pmk,pm,pml->pkl", v[ci], weights[cp], v[cj])
+    else:
+        ci = cj = np.zeros(0, np.int64)
+        blocks = jnp.zeros((0, k, k), dtype)
+    a4 = jnp.zeros((n, n, k, k), dtype)
+    a4 = a4.at[np.arange(n), np.arange(n)].set(jnp.eye(k, dtype=dtype))
+    a4 = a4.at[ci, cj].add(-blocks).at[cj, ci].add(-jnp.swapaxes(blocks, 1, 2))
+    a_d = jnp.swapaxes(a4, 1, 2).reshape(n * k, n * k)
+    # Shifted by a few rounding units so that the factor exists at the working
+    # precision whatever the smallest eigenvalue of A_d (modes that only the
+    # penalty floor or the ε guard determine): a preconditioner, not the answer.
+    shift = float(CHOLESKY_SHIFT * working_eps(dtype) * np.sqrt(n * k))
+    chol = jnp.linalg.cholesky(a_d + shift * jnp.eye(n * k, dtype=dtype))
+    diag = jnp.abs(jnp.diagonal(chol))
+    graph_condition = (jnp.max(diag) / jnp.min(diag)) ** 2  # estimate of cond(A_d)
+    # L⁻¹ (with the covariance): A_d⁻¹ ≈ L⁻ᵀ L⁻¹, and the solves below go through
+    # it (one LAPACK call); else triangular solves with L.
+    l_inv = (
+        jsl.solve_triangular(chol, jnp.eye(n * k, dtype=dtype), lower=True)
+        if with_covariance
+        else None
+    )
+
+    def solve_l(x):  # L⁻¹ x
+        if l_inv is not None:
+            return l_inv @ x
+        return jsl.solve_triangular(chol, x, lower=True)
+
+    def solve_lt(x):  # L⁻ᵀ x
+        if l_inv is not None:
+            return l_inv.T @ x
+        return jsl.solve_triangular(chol, x, lower=True, trans="T")
+
+    def ratio(num, den):
+        """``num / den``, 0 where ``den == 0`` (converged), finite derivatives."""
+        nonzero = den != 0
+        return jnp.where(nonzero, num / jnp.where(nonzero, den, 1), 0)
+
+    # CGLS on min |F Lᵀ⁻¹ y - b| (d = L⁻ᵀ y): conjugate gradients on the least-squares
+    # problem itself, products with F and its transpose only, right-preconditioned
+    # by the Cholesky factor (the preconditioned F has singular values
+    # √(λ / (λ + shift)) near 1 but for a few weak modes). Like a QR of F, its
+    # accuracy depends on cond(F) = cond(A_d)^½, not on cond(A_d).
+    def precond_apply(y):
+        return f_apply(solve_lt(y.reshape(-1)).reshape(n, k))
+
+    def precond_transpose(r_p, r_n):
+        return solve_l(f_transpose(r_p, r_n).reshape(-1)).reshape(n, k) * free[:, None]
+
+    def cgls(rhs):
+        """CGLS from d = 0 for pair right-hand sides ``rhs`` (X, P, 2K), run side
+        by side; all stop when the first one's ``|F̃ᵀr|`` has fallen to the
+        rounding level (further steps in float32 only add rounding), so that their
+        differences are smooth in ``rhs``."""
+        r_n0 = jnp.zeros((rhs.shape[0],) + f_n.shape[:2], dtype)
+        s0 = jax.vmap(precond_transpose)(rhs, r_n0)
+        gamma0 = jnp.sum(s0 * s0, axis=(1, 2))
+        # float32's rounding level in any precision: in float64 the factor is
+        # nearly exact, and the refinement below takes it from there.
+        floor = (CGLS_TOLERANCE * working_eps(jnp.float32)) ** 2 * gamma0[0]
+
+        def one_step(y, r_p, r_n, s, p, gamma):
+            q_p, q_n = precond_apply(p)
+            alpha = ratio(gamma, jnp.sum(q_p * q_p) + jnp.sum(q_n * q_n))
+            r_p, r_n = r_p - alpha * q_p, r_n - alpha * q_n
+            s_new = precond_transpose(r_p, r_n)
+            gamma_new = jnp.sum(s_new * s_new)
+            return y + alpha * p, r_p, r_n, s_new, s_new + ratio(gamma_new, gamma) * p, gamma_new
+
+        def cgls_step(_, state):
+            # Skipped once stopped (under vmap, e.g. held-out folds, both run).
+            return jax.lax.cond(
+                state[-1][0] > floor, lambda s: jax.vmap(one_step)(*s), lambda s: s, state
+            )
+
+        state = (jnp.zeros((rhs.shape[0], n, k), dtype), rhs, r_n0, s0, s0, gamma0)
+        y = jax.lax.fori_loop(0, CGLS_STEPS, cgls_step, state)[0]
+        return jax.vmap(lambda y_: solve_lt(y_.reshape(-1)).reshape(n, k))(y) * free[:, None]
+
+    # The solve, and the same with the pair right-hand sides perturbed by one
+    # rounding unit (fixed signs): their difference measures how far rounding
+    # moves the answer, weakly determined modes included (status 5).
+    signs = np.where(np.random.default_rng(0).random(rhs_p.shape) < 0.5, -1.0, 1.0)
+    nudge = 1 + working_eps(dtype) * jnp.asarray(signs, dtype)
+    d_both = cgls(jnp.stack([rhs_p, rhs_p * nudge]))
+    d_total = d_both[0]
+    sensitivity = jax.lax.stop_gradient(jnp.sum((d_both[1] - d_both[0]) ** 2, axis=1))
+    coef = from_whitened(d_total)
 
     def whitened_gradient(coef):
-        """``T_iᵀ`` × (minus half the objective's gradient) at ``coef``, (N, K)."""
+        """``T_iᵀ`` × (minus half the objective's gradient) at ``coef``, (N, K): the
+        residual ``b_d - A_d d`` of the whitened normal equations, computed from the
+        original residual ``z - B(c_j - c_i)``."""
         resid = weights * (values - jnp.einsum("pk,mk->pm", coef[pj] - coef[pi], design))
         proj = jnp.einsum("pml,pm->pl", v[pj], resid)
         proj_i = jnp.einsum("pml,pm->pl", v[pi], resid)
@@ -291,37 +417,32 @@ def solve_pair_blocks(
         grad = grad - jnp.einsum("nrl,nr->nl", g, jnp.einsum("nrk,nk->nr", regulariser, coef))
         return grad * free[:, None]
 
-    def step(coef):
-        delta = solve(whitened_gradient(coef).reshape(-1)).reshape(n, k) * free[:, None]
-        return coef + from_whitened(delta), delta
-
-    # The QR solution (Qᵀb is the last column of the R of [F | b]), then corrected
-    # semi-normal-equation steps R_dᵀ R_d δ = Tᵀ(-½ gradient) on the original problem.
-    qtb = r_full[: n * k, n * k]
-    if with_covariance:
-        d0 = r_inv @ qtb
-    else:
-        d0 = jsl.solve_triangular(r_d, qtb, lower=False)
-    d0 = d0.reshape(n, k) * free[:, None]
-    coef = from_whitened(d0)
-    delta = d0
+    # Iterative refinement on the original residual, (A_d + shift) δ = Tᵀ(-½ ∇):
+    # removes what the inexact whitening left (steps in the weak modes are damped
+    # by the shift, so rounding there is not amplified).
+    delta = jnp.zeros((n, k), dtype)
     for _ in range(refinement_steps):
-        coef, delta = step(coef)
-    # The last step's size in the norm of the data fit, ‖δ‖²_A = |R_d δ|², split by
-    # exposure: δ_iᵀ (A_d δ)_i (summed over a connected group: its ‖δ‖²_A).
-    a_delta = (r_d.T @ (r_d @ delta.reshape(-1))).reshape(n, k)
+        res = whitened_gradient(coef)
+        delta = solve_lt(solve_l(res.reshape(-1))).reshape(n, k) * free[:, None]
+        coef = coef + from_whitened(delta)
+        d_total = d_total + delta
+    # The last step's size in the norm of the data fit, ‖δ‖²_A, split by exposure:
+    # δ_iᵀ (A_d δ)_i (summed over a connected group: its ‖δ‖²_A).
+    a_delta = (a_d @ delta.reshape(-1)).reshape(n, k)
     correction = jnp.sum(delta * a_delta, axis=1)
     if mix is not None:
         coef = jnp.asarray(mix, dtype) @ coef
-    if with_covariance and mix is None:
-        blocks = a_inv.reshape(n, k, n, k)[jnp.arange(n), :, jnp.arange(n), :]
-        half = from_whitened(blocks)  # R_i⁻¹ [A_d⁻¹]_ii
+    if l_inv is not None and mix is None:
+        # [A_d⁻¹]_ii = (L⁻¹[:, block i])ᵀ (L⁻¹[:, block i]).
+        cols = l_inv.reshape(n * k, n, k)
+        blocks_inv = jnp.einsum("rnk,rnl->nkl", cols, cols)
+        half = from_whitened(blocks_inv)  # R_i⁻¹ [A_d⁻¹]_ii
         cov = from_whitened(jnp.swapaxes(half, 1, 2))  # R_i⁻¹ (R_i⁻¹ [A_d⁻¹]_ii)ᵀ
         cov = cov * free[:, None, None]
-    elif with_covariance:
+    elif l_inv is not None and mix is not None:
         # Full covariance of c = R⁻¹ d (pinned and inactive rows 0), then mixed.
-        a4 = a_inv.reshape(n, k, n * k)
-        left = from_whitened(a4).reshape(n, k, n, k)  # R_n⁻¹ A4[n, :, m, :]
+        a_inv = (l_inv.T @ l_inv).reshape(n, k, n * k)
+        left = from_whitened(a_inv).reshape(n, k, n, k)  # R_n⁻¹ A4[n, :, m, :]
         right = jnp.transpose(left, (2, 3, 0, 1)).reshape(n, k, n * k)
         full = from_whitened(right).reshape(n, k, n, k)  # [m, q, n, p]
         full = full * free[:, None, None, None] * free[None, None, :, None]
@@ -329,49 +450,41 @@ def solve_pair_blocks(
         cov = jnp.einsum("in,mqnp,im->ipq", mixed, full, mixed)
     else:
         cov = jnp.full((n, k, k), jnp.nan, dtype)
-    return dict(
+    return BlockSolution(
         coef=coef,
         cov=cov,
         correction=correction,
-        whitened_norm=_safe_sqrt(jax.lax.stop_gradient(jnp.sum(d0 * d0, axis=1))),
+        whitened_norm=_safe_sqrt(jax.lax.stop_gradient(jnp.sum(d_total * d_total, axis=1))),
         graph_condition=graph_condition,
+        sensitivity=sensitivity,
     )
 
 
-def fit_roundoff(fit: dict, coefficients: Float[Array, " k"], sigma_u) -> Float[Array, ""]:
-    """`roundoff_ratio` of a prepared single-reference fit (``prepare_fit``'s dict):
-    the estimated rounding error of its solve in units of the statistical 1σ
-    ``sigma_u`` of one unit of normalised weight."""
-    return roundoff_ratio(
-        fit["design"],
-        fit["sqrt_w"].reshape(-1),
-        fit["penalty"],
-        fit["sqrt_mu"],
-        fit["sqrt_eps"],
-        coefficients,
-        sigma_u,
-    )
-
-
-def global_roundoff(sol: dict, groups: np.ndarray, sigma2, dtype) -> Float[Array, " N"]:
+def global_roundoff(sol: BlockSolution, groups: np.ndarray, sigma2, dtype) -> Float[Array, " N"]:
     """Estimated rounding error of the global solve per exposure, in units of the
     statistical 1σ (``sigma2``: the variance of one unit of normalised weight).
 
-    The larger of (a) the a-priori estimate ``u √K |d_i| / σ`` (backward error of
-    the whitened QR, as in `roundoff_ratio`) and (b) the size of the last
+    The largest of (a) the a-priori estimate ``u √K |d_i| / σ`` (backward error of
+    the whitened rows, as in `roundoff_ratio`), (b) the size of the last
     refinement step in the norm of the data fit, ``‖δ‖_A / σ`` over the exposure's
-    connected group (``sol`` from `solve_pair_blocks`); the largest over the
-    exposure's group (one solve serves the whole group)."""
+    connected group, and (c) ``|Δd_i| / σ``, how far one rounding unit in the
+    pair right-hand sides moves the whitened solution — the only one of the three
+    that sees modes the data barely determine (a penalty floor or the ε guard
+    does), whose rounding error the data-fit norm hides (``sol`` from
+    `solve_pair_blocks`); the largest over the exposure's group (one solve serves
+    the whole group)."""
     groups = np.asarray(groups)
-    k = sol["coef"].shape[1]
-    sigma2, correction = jax.lax.stop_gradient((sigma2, sol["correction"]))
+    k = sol.coef.shape[1]
+    sigma2, correction = jax.lax.stop_gradient((sigma2, sol.correction))
     sigma = jnp.sqrt(sigma2)
-    prior = working_eps(dtype) * jnp.sqrt(k) * sol["whitened_norm"] / sigma
+    prior = working_eps(dtype) * jnp.sqrt(k) * sol.whitened_norm / sigma
     same = jnp.asarray((groups[:, None] == groups[None, :]) & (groups[:, None] >= 0), dtype)
     post = jnp.sqrt(jnp.abs(same @ correction) + jnp.abs(correction)) / sigma
+    moved = jnp.sqrt(sol.sensitivity) / sigma
+    each = jnp.maximum(jnp.maximum(prior, post), moved)
     # One solve serves a whole group: its error is shared, so is the flag.
-    worst = jnp.max(jnp.where(same > 0, jnp.maximum(prior, post)[None, :], 0), axis=1)
-    return jnp.maximum(worst, jnp.maximum(prior, post))
+    worst = jnp.max(jnp.where(same > 0, each[None, :], 0), axis=1)
+    return jnp.maximum(worst, each)
 
 
 def _safe_sqrt(x):

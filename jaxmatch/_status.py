@@ -16,7 +16,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Int
 
 from ._exceptions import MatchFailedError
-from ._solve import ILL_CONDITIONED_MESSAGE, warn_ill_conditioned
+from ._solve import ILL_CONDITIONED_MESSAGE, ROUNDOFF_LIMIT, warn_ill_conditioned
 
 
 class Status(enum.IntEnum):
@@ -91,6 +91,18 @@ def diagnostic_status(status: Int[Array, "*N"], *diagnostics: Array) -> Int[Arra
     for value in diagnostics:
         undefined = undefined | jnp.isnan(value)
     return jnp.where((status == SUCCESS) & undefined, NAN_DIAGNOSTIC, status).astype(jnp.int32)
+
+
+def final_status(
+    status: Int[Array, "*N"], roundoff: Array, *diagnostics: Array
+) -> Int[Array, "*N"]:
+    """The status after the diagnostics, single-reference and global alike:
+    `diagnostic_status`, then ``ILL_CONDITIONED`` where the fit succeeded and the
+    solve's estimated rounding error ``roundoff`` (in units of its statistical 1σ)
+    exceeds ``ROUNDOFF_LIMIT``."""
+    status = diagnostic_status(status, *diagnostics)
+    ill = (status == SUCCESS) & (roundoff > ROUNDOFF_LIMIT)
+    return jnp.where(ill, ILL_CONDITIONED, status).astype(jnp.int32)
 
 
 @runtime_checkable

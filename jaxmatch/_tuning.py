@@ -292,7 +292,7 @@ def _heldout_loss(params, batch, config, reference, folds, seed, structure):
 
 def _heldout_global(params, batch, config, reference, folds, seed, structure):
     """The held-out loss of global matching (see `heldout_loss`)."""
-    from ._global import _pair_weights, pair_data, solve_pairs
+    from ._global import pair_data, pair_weights, solve_pairs
 
     pairs, groups, gauge = (np.asarray(a) for a in structure)
     pairs = pairs.reshape(-1, 2)
@@ -303,8 +303,8 @@ def _heldout_global(params, batch, config, reference, folds, seed, structure):
     bits = batch.bitmask(config.badMaskPlanes)
     pi, pj = jnp.asarray(pairs[:, 0]), jnp.asarray(pairs[:, 1])
     data = pair_data(batch, pairs, hyper, bits, config, plan)
-    z, valid = data["z"], data["valid"]
-    w = _pair_weights(config, pi, pj, n, data["e2"], data["w_pair"], valid)
+    z, valid = data.z, data.valid
+    w = pair_weights(config, pi, pj, n, data.e2, data.w_pair, valid)
     design = design_matrix(plan, dtype)
     labels = fold_labels((len(plan.fit_y[0]), len(plan.fit_x[0])), folds, seed).reshape(-1)
     held = jnp.asarray(labels[None] == np.arange(int(labels.max()) + 1)[:, None])
@@ -314,7 +314,7 @@ def _heldout_global(params, batch, config, reference, folds, seed, structure):
         sol = solve_pairs(
             jnp.where(keep, w, 0.0), z, keep, pairs, groups, gauge, hyper, config, plan, n, False
         )
-        pred = (sol["coef"][pj] - sol["coef"][pi]) @ design.T
+        pred = (sol.coef[pj] - sol.coef[pi]) @ design.T
         r = jnp.where(valid & held_f[None], z - pred, 0.0)
         return jnp.sum(w * r * r)
 
