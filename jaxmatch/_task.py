@@ -208,6 +208,11 @@ class MatchBackgroundsTask(Task):
         """
         return self._state.extras.get("chunkSize", DEFAULT_CHUNK_SIZE)
 
+    @chunkSize.setter
+    def chunkSize(self, value: int | None) -> None:
+        check_chunk_size(value, "chunkSize")
+        self._state.extras["chunkSize"] = value
+
     def _logFailure(self, name: str, reason) -> None:
         self.log.warning("Failed to fit background %s: %s", name, reason)
 

@@ -317,6 +317,8 @@ class Task(eqx.Module):
             super().__setattr__(name, value)
         elif name == "config":
             raise AttributeError("task.config cannot be replaced; set its fields instead")
+        elif isinstance(getattr(type(self), name, None), property):
+            object.__setattr__(self, name, value)  # the property's setter checks it
         else:
             self._state.extras[name] = value
 

@@ -138,9 +138,13 @@ def test_bad_chunk_size_is_refused_naming_it(rng, bad):
     exposures = _exposures(rng, 4)
     task = MatchBackgroundsTask(CONFIG)
     assert task.chunkSize == DEFAULT_CHUNK_SIZE == 16
-    task.chunkSize = bad
+    # refused when set, as a config field is (the task keeps its value)
     with pytest.raises(ValueError, match="chunkSize must be a positive integer"):
-        task.run(exposures, DATASET)
+        task.chunkSize = bad
+    assert task.chunkSize == 16
+    task.chunkSize = 3
+    assert task.chunkSize == 3
+    assert len(task.run(exposures, DATASET).backgroundInfoList) == len(exposures)
     assert MatchBackgroundsTask(CONFIG).chunkSize == 16  # set on one task, not the class
 
 
