@@ -16,9 +16,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "jaxmatch"
 
 # (importer, module, name): existing cross-module private imports to be removed.
-KNOWN = {
-    ("_diagnostics", "_binning", "_power_sums"),
-}
+KNOWN: set[tuple[str, str, str]] = set()
 # Import cycles through a deferred (function-level) import, to be removed.
 KNOWN_CYCLES: set[frozenset[str]] = set()
 

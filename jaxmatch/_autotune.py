@@ -45,7 +45,7 @@ from jaxtyping import Array, Float
 from ._binning import CellStats, cell_centres, cell_edges, grid_statistics
 from ._compile import filter_jit
 from ._config import MatchBackgroundsConfig
-from ._exposure import Exposure, stack_exposures
+from ._exposure import Exposure, stack_exposures, usable_mask
 from ._global import global_structure, match_global
 from ._match import match
 from ._reference import reference_costs, reference_statistics, select_reference
@@ -183,7 +183,7 @@ def _reference_table(ref, sci, config, lams, nsigs, layout):
 
     def cells_of(s_image, s_mask):
         diff = ref.image - s_image
-        usable = ((ref.mask & bits_ref) == 0) & ((s_mask & bits_sci) == 0) & jnp.isfinite(diff)
+        usable = usable_mask(diff, (ref.mask, bits_ref), (s_mask, bits_sci))
         return _cell_values(jnp.where(usable, diff, jnp.nan), ey, ex, min_pixels)
 
     val, err, ok = jax.lax.map(lambda a: cells_of(*a), (sci.image, sci.mask))
@@ -229,7 +229,7 @@ def _global_table(batch, config, structure, lams, nsigs, layout):
     def cells_of(ij):
         xi, xj = batch[ij[0]], batch[ij[1]]
         diff = xi.image - xj.image
-        usable = ((xi.mask & bits) == 0) & ((xj.mask & bits) == 0) & jnp.isfinite(diff)
+        usable = usable_mask(diff, (xi.mask, bits), (xj.mask, bits))
         return _cell_values(jnp.where(usable, diff, jnp.nan), ey, ex, min_pixels)
 
     val, err, ok = jax.lax.map(cells_of, jnp.asarray(pairs))
@@ -321,7 +321,7 @@ def _table(batch, config, ref_index, lams, nsigs, cell_size, folds, seed, struct
 def choose_reference(batch: Exposure, config: MatchBackgroundsConfig) -> int:
     """LSST's reference choice (the minimum of the reference cost)."""
     bits = batch.bitmask(config.badMaskPlanes)
-    usable = ((batch.mask & bits) == 0) & jnp.isfinite(batch.image)
+    usable = usable_mask(batch.image, (batch.mask, bits))
     var, level, cov = jax.vmap(reference_statistics)(batch.image, usable)
     costs = reference_costs(
         var,

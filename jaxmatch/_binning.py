@@ -98,7 +98,7 @@ def _sum_inner_axis_first(operands: tuple, axes: tuple[int, ...]) -> tuple:
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _power_sums(weights: tuple, devs: tuple, axes: tuple[int, ...]) -> tuple:
+def power_sums(weights: tuple, devs: tuple, axes: tuple[int, ...]) -> tuple:
     """``(Σ w, Σ w d, Σ w d²)`` over ``axes`` for each pair ``(w, d)``, in one pass."""
     operands = []
     for w, d in zip(weights, devs):
@@ -107,11 +107,11 @@ def _power_sums(weights: tuple, devs: tuple, axes: tuple[int, ...]) -> tuple:
     return _sum_inner_axis_first(tuple(operands), axes)
 
 
-@_power_sums.defjvp
+@power_sums.defjvp
 def _power_sums_jvp(axes, primals, tangents):
     # lax.reduce with a custom computation has no derivative rule; the sums do.
     weights, devs = primals
-    out = _power_sums(weights, devs, axes)
+    out = power_sums(weights, devs, axes)
     tangent_out = []
     for w, d, dw, dd in zip(weights, devs, *tangents):
         tangent_out += [
@@ -214,7 +214,7 @@ def _clipped_moments(streams, axes, num_sigma_clip, num_iter):
                 t = jnp.where(use, jnp.where(first, 1.0, soft), 0.0).astype(d.dtype)
             weights.append(t)
             devs.append(d)
-        sums = _power_sums(tuple(weights), tuple(devs), axes)
+        sums = power_sums(tuple(weights), tuple(devs), axes)
         out = []
         for j, (k, first, (value, s, m, n)) in enumerate(zip(group, firsts, stats)):
             pooled = streams[k][2]

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
-from ._binning import _power_sums
+from ._binning import power_sums
 
 
 def centre_pixels(edges: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -58,5 +58,5 @@ def matched_mse(
     library kernel that first writes the squares to memory: ~4x slower).
     """
     resid = jnp.where(usable, jnp.where(usable, diff, 0) - model_image, 0)
-    count, _, sum_sq = _power_sums((usable.astype(resid.dtype),), (resid,), (0, 1))
+    count, _, sum_sq = power_sums((usable.astype(resid.dtype),), (resid,), (0, 1))
     return jnp.where(count > 0, sum_sq / jnp.maximum(count, 1), jnp.nan)

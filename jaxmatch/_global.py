@@ -65,7 +65,7 @@ from ._binning import CellStats, grid_statistics
 from ._compile import filter_jit
 from ._config import MatchBackgroundsConfig
 from ._diagnostics import matched_mse
-from ._exposure import Exposure
+from ._exposure import Exposure, usable_mask
 from ._fit import hyperparameters, prepare_fit
 from ._model import BackgroundModel
 from ._plan import design_matrix, penalty_rows, plan_fit
@@ -135,7 +135,7 @@ def pair_overlaps(exposures: Exposure, config: MatchBackgroundsConfig) -> np.nda
 def _overlaps(mask, image, bits, config):
     plan = plan_fit(config, image.shape[1:], config.binSize)
     fit_y, fit_x = plan.fit_y, plan.fit_x
-    usable = ((mask & bits) == 0) & jnp.isfinite(image)
+    usable = usable_mask(image, (mask, bits))
 
     def row(u_i):
         def count(u_j):
@@ -297,9 +297,8 @@ def _match_global(exposures, hyper, bits, config, structure, with_covariance):
 
     def pair_mse(ij):
         xi, xj = exposures[ij[0]], exposures[ij[1]]
-        usable = ((xi.mask & bits) == 0) & ((xj.mask & bits) == 0)
         diff = xi.image - xj.image
-        usable = usable & jnp.isfinite(diff)
+        usable = usable_mask(diff, (xi.mask, bits), (xj.mask, bits))
         mdiff = basis.evaluate(coef[ij[1]] - coef[ij[0]], yy, xx)
         return matched_mse(diff, mdiff, usable)
 

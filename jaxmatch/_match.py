@@ -30,7 +30,7 @@ from ._basis import (
     CHEBYSHEV_ROUGHNESS_FLOOR as CHEBYSHEV_ROUGHNESS_FLOOR,
     SPLINE_ROUGHNESS_FLOOR as SPLINE_ROUGHNESS_FLOOR,
 )
-from ._batch import cast_exposure, in_chunks, pad_batch, sharded, working_dtype
+from ._batch import cast_exposure, in_chunks, sharded, working_dtype
 from ._binning import CellStats, grid_statistics
 from ._compile import filter_jit
 from ._config import MatchBackgroundsConfig, MatchBackgroundsTaskConfig, static_config
@@ -52,7 +52,6 @@ from ._plan import (
     design_matrix as design_matrix,
     penalty_rows as penalty_rows,
     plan_fit as plan_fit,
-    same_edges,
 )
 from ._resample import CellCount, fit_grid_size, increase_nxnysample
 from ._solve import roundoff_ratio
@@ -73,9 +72,6 @@ from ._status import (
 )
 from ._undersample import (
     RANK_TOLERANCE as RANK_TOLERANCE,
-    chebyshev_active_terms,
-    chebyshev_orders,
-    determined_degree,
 )
 from ._validate import check_match_arguments
 
@@ -355,25 +351,3 @@ def _set_rows(result: MatchResult, index: np.ndarray, rows: MatchResult) -> Matc
     old, new = jax.tree.leaves(result), jax.tree.leaves(rows)
     merged = [a.at[index].set(b) if a.shape[1:] == b.shape[1:] else a for a, b in zip(old, new)]
     return jax.tree.unflatten(jax.tree.structure(result), merged)
-
-
-# ---------------------------------------------------------------------------------
-# Names of earlier versions, kept for code that imports them from here.
-_Plan = FitPlan
-_hyperparameters = hyperparameters
-_working_dtype = working_dtype
-_cast = cast_exposure
-_pad_batch = pad_batch
-_in_chunks = in_chunks
-_sharded = sharded
-_orders = chebyshev_orders
-_same_edges = same_edges
-_determined_degree = determined_degree
-
-
-def _active_terms(
-    config: MatchBackgroundsConfig, valid: Array, design: Array | None = None
-) -> tuple[Any, Any, Any, Any, Any]:
-    """``(active, undersampled, order_y, order_x, m)`` of `chebyshev_active_terms`."""
-    terms = chebyshev_active_terms(config, valid, design)
-    return terms.active, terms.undersampled, terms.orders[0], terms.orders[1], terms.m

@@ -26,6 +26,7 @@ from jaxtyping import Array, Float
 
 from ._batch import working_dtype
 from ._compile import filter_jit
+from ._custom_types import checks_own_arguments
 from ._evaluate import grid_image
 from ._exposure import Exposure, check_stackable, stack_exposures
 from ._fit import hyperparameters
@@ -142,6 +143,7 @@ def chunk_length(n: int, chunk_size: int | None) -> int:
     return -(-n // calls)
 
 
+@checks_own_arguments
 def check_chunk_size(chunk_size: int | None, name: str = "chunk_size") -> None:
     """`ValueError` naming ``name`` unless ``chunk_size`` is None or an int ≥ 1."""
     if chunk_size is None:
@@ -152,6 +154,7 @@ def check_chunk_size(chunk_size: int | None, name: str = "chunk_size") -> None:
         raise ValueError(f"{name} must be a positive integer or None, got {chunk_size!r}")
 
 
+@checks_own_arguments
 def match_list(
     reference: Exposure,
     exposures: Sequence[Exposure],

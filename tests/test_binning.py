@@ -17,12 +17,12 @@ from jax.test_util import check_grads
 from tolerances import TOL
 
 from jaxmatch._binning import (
-    _power_sums,
     bin_edges,
     cell_centres,
     cell_edges,
     grid_statistics,
     masked_statistic,
+    power_sums,
     split_cells,
 )
 
@@ -429,13 +429,13 @@ def _freeze(edges):
 
 
 def test_power_sums_derivatives_match_finite_differences():
-    """`_power_sums` is one variadic reduction with a hand-written JVP: forward and
+    """`power_sums` is one variadic reduction with a hand-written JVP: forward and
     reverse mode against central differences (check_grads' default tolerance for
     float64, 1e-5 relative on second-order differences, via its own eps = 1e-6)."""
     rng = np.random.default_rng(2)
     w = (jnp.asarray(rng.random((3, 4, 5))), jnp.asarray(rng.random((3, 4, 5))))
     d = (jnp.asarray(rng.normal(size=(3, 4, 5))), jnp.asarray(rng.normal(size=(3, 4, 5))))
-    f = lambda w, d: _power_sums(w, d, (0, 2))  # noqa: E731
+    f = lambda w, d: power_sums(w, d, (0, 2))  # noqa: E731
     sums = f(w, d)
     np.testing.assert_allclose(sums[4], np.sum(w[1] * d[1], axis=(0, 2)), rtol=1e-13)
     np.testing.assert_allclose(sums[2], np.sum(w[0] * d[0] ** 2, axis=(0, 2)), rtol=1e-13)
