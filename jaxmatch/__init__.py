@@ -67,6 +67,7 @@ from ._simulate import SimulatedPatch as SimulatedPatch, simulate_patch as simul
 from ._task import MatchBackgroundsTask as MatchBackgroundsTask
 from ._taskbase import ConfigurableField as ConfigurableField, Struct as Struct, Task as Task
 from ._tuning import (
+    InSampleLosses as InSampleLosses,
     TuningParameters as TuningParameters,
     TuningResult as TuningResult,
     fold_labels as fold_labels,

@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -327,14 +328,22 @@ def _heldout_global(params, batch, config, reference, folds, seed, structure):
     return total / jnp.maximum(n_data, 1).astype(dtype)
 
 
+class InSampleLosses(NamedTuple):
+    """The in-sample losses of `insample_losses`, means over the fitted exposures."""
+
+    fitRMS2: Float[Array, ""]  # mean fitRMS² [ADU²]
+    matchedMSE: Float[Array, ""]  # mean matchedMSE [ADU²]
+
+
 def insample_losses(
     params: TuningParameters,
     exposures: Exposure,
     config: MatchBackgroundsConfig,
     *,
     reference: int | None = None,
-) -> dict[str, Float[Array, ""]]:
-    """The in-sample losses for comparison: mean ``fitRMS²`` and mean ``matchedMSE``."""
+) -> InSampleLosses:
+    """The in-sample losses for comparison: mean ``fitRMS²`` and mean ``matchedMSE``
+    over the exposures whose fit succeeded (`InSampleLosses`)."""
     batch = _batch(exposures)
     ref, sci = _reference_and_science(params, batch, config, reference)
     hyper = _hyper(params, config, sci.image.dtype)
@@ -349,7 +358,7 @@ def insample_losses(
     )
     ok = out.status == SUCCESS
     n = jnp.maximum(jnp.sum(ok), 1)
-    return dict(
+    return InSampleLosses(
         fitRMS2=jnp.sum(jnp.where(ok, out.fitRMS**2, 0.0)) / n,
         matchedMSE=jnp.sum(jnp.where(ok, out.matchedMSE, 0.0)) / n,
     )

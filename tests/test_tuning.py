@@ -138,9 +138,9 @@ def test_insample_losses_prefer_the_roughest_model():
     config = jm.MatchBackgroundsConfig(binSize=16, interpStyle="NATURAL_SPLINE")
     params = jm.TuningParameters.from_config(config)
     f = jax.jit(
-        lambda lr: jm.insample_losses(_with(params, log_roughness=lr), batch, config, reference=0)[
-            "fitRMS2"
-        ]
+        lambda lr: jm.insample_losses(
+            _with(params, log_roughness=lr), batch, config, reference=0
+        ).fitRMS2
     )
     values = [float(f(lr)) for lr in (-6.0, -2.0, 2.0)]
     assert values[0] < values[1] < values[2]
