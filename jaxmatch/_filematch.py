@@ -559,7 +559,7 @@ def _say_effective_model(config, results, say) -> None:
     effective = describe_basis(basis)
     say(f"model: {effective} (config: {describe_config(config)})")
     if config.usePolynomial:
-        wanted_x = config.orderX if config.orderX is not None else config.order
+        wanted_x = config.order  # LSST: `order` along x, `orderY` (or `order`) along y
         wanted_y = config.orderY if config.orderY is not None else config.order
         if (basis.order_y, basis.order_x) != (wanted_y, wanted_x):
             say(
