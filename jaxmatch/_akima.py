@@ -47,9 +47,7 @@ def akima_derivatives(t: np.ndarray, f: Float[Array, "k ..."]) -> Float[Array, "
     return jnp.where(flat, 0.5 * (mm[1:-2] + mm[2:-1]), weighted)
 
 
-def hermite_matrices(
-    x: Float[AnyArray, " n"], t: Float[AnyArray, " k"]
-) -> tuple[Array, Array]:
+def hermite_matrices(x: Float[AnyArray, " n"], t: Float[AnyArray, " k"]) -> tuple[Array, Array]:
     """``V``, ``D`` ``(n, k)``: the cubic Hermite interpolant is ``V f + D d``.
 
     Each point uses the interval that contains it (the end intervals beyond the

@@ -9,9 +9,9 @@ evaluation is one `jit`-compiled program keyed by the basis (a frozen, hashable
 value), the coefficient shape and dtype, whose basis matrices are constants of the
 program. Models of one basis share the compilation, so only the first call pays it.
 
-`model_image_output` is the engine's hook: with it, `jaxmatch.match` returns the
-model images it already computes for ``matched = sci + model`` (one compiled
-program writes both), so nothing has to evaluate them again.
+The engine itself (`jaxmatch.match` with ``with_image``) returns the model images
+it already computes for ``matched = sci + model`` (one compiled program writes
+both, `MatchResult.model_image`), so nothing has to evaluate them again.
 """
 
 from __future__ import annotations
@@ -47,12 +47,3 @@ def grid_image(coefficients: Float[ArrayLike, "*batch ky kx"], basis) -> Float[A
     ``jit``/``grad``/``vmap`` too (then it is traced into the caller's program).
     """
     return _grid_image(jnp.asarray(coefficients), basis)
-
-
-def model_image_output(model: Float[Array, "H W"], with_image: bool) -> dict:
-    """The engine's optional output ``{"model_image": M}`` (empty without ``with_image``).
-
-    ``M`` is the model image the engine adds to the science image; a failed fit has
-    NaN coefficients and so a NaN image (its matched image is the science image).
-    """
-    return {"model_image": model} if with_image else {}

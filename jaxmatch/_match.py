@@ -36,7 +36,6 @@ from ._compile import filter_jit
 from ._config import MatchBackgroundsConfig, MatchBackgroundsTaskConfig, static_config
 from ._custom_types import checks_own_arguments
 from ._diagnostics import centre_pixels, fit_rms, matched_mse
-from ._evaluate import model_image_output
 from ._exposure import Exposure
 from ._fit import (
     RIDGE_PER_CELL as RIDGE_PER_CELL,
@@ -195,7 +194,8 @@ def match_one(
         effective_order=terms.orders,
         min_sampled=terms.m.astype(jnp.int32),
         bin_size=jnp.asarray(fit_grid_size(bin_size, basis.shape), jnp.int32),
-        **model_image_output(model, with_image),
+        # the model image `matched = sci + model` was computed from, when asked for
+        model_image=model if with_image else None,
     )
 
 
