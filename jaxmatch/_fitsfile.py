@@ -61,10 +61,7 @@ def open_fits(path: Path, data: bytes | None = None) -> Iterator[fits.HDUList]:
     """
     path = Path(path)
     if data is None:
-        if not path.exists():
-            raise FileNotFoundError(f"no such file: {path}")
-        if path.is_dir():
-            raise ValueError(f"cannot read {path} as a FITS exposure: it is a directory")
+        _check_file(path)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings(
@@ -194,15 +191,20 @@ def read_bytes(path: Path) -> bytes:
     it): read once, then checksummed (`bytes_checksum`) and opened from memory
     (`open_fits` with ``data``)."""
     path = Path(path)
+    _check_file(path)
+    return path.read_bytes()
+
+
+def _check_file(path: Path) -> None:
+    """`FileNotFoundError` / `ValueError` naming ``path`` unless it is a file."""
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
     if path.is_dir():
         raise ValueError(f"cannot read {path} as a FITS exposure: it is a directory")
-    return path.read_bytes()
 
 
 def bytes_checksum(data: bytes) -> str:
-    """SHA-256 of a file's bytes (hex): `file_checksum` of bytes already read."""
+    """SHA-256 of a file's bytes (hex), read once by `read_bytes`."""
     return hashlib.sha256(data).hexdigest()
 
 
@@ -213,15 +215,6 @@ def _decompressed(data: bytes) -> bytes:
     if data[:3] == b"BZh":
         return bz2.decompress(data)
     return data
-
-
-def file_checksum(path: Path) -> str:
-    """SHA-256 of the file's bytes (hex), read in 1 MiB pieces."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def ascii_card_text(text: str) -> str:

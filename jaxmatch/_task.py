@@ -133,13 +133,12 @@ class MatchBackgroundsTask(Task):
         ``expRefList[3] (/data/v3.fits)``, ``expRefList[3] (dataId {'visit': 3})``,
         ``expRefList[3] (Exposure 2048x2048)``.
 
-        Raises `ValueError` for an empty list, a scaler list of the wrong length, a
-        reference not in the list or a bad `chunkSize`, and `RuntimeError` naming a
-        missing exposure.
+        Raises `ValueError` for an empty list, a scaler list of the wrong length or a
+        reference not in the list, and `RuntimeError` naming a missing exposure (a
+        bad `chunkSize` is refused when it is set).
         """
         self.staticConfig  # validate the config (FieldValidationError naming the field)
-        chunkSize = self.chunkSize
-        check_chunk_size(chunkSize, "chunkSize")
+        chunkSize = self.chunkSize  # checked when set
         expRefList = list(expRefList)
         if not expRefList:
             raise ValueError("expRefList is empty: nothing to match")

@@ -148,9 +148,8 @@ def check_chunk_size(chunk_size: int | None, name: str = "chunk_size") -> None:
     """`ValueError` naming ``name`` unless ``chunk_size`` is None or an int ≥ 1."""
     if chunk_size is None:
         return
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
-        raise ValueError(f"{name} must be a positive integer or None, got {chunk_size!r}")
-    if chunk_size < 1:
+    integer = isinstance(chunk_size, (int, np.integer)) and not isinstance(chunk_size, bool)
+    if not integer or chunk_size < 1:
         raise ValueError(f"{name} must be a positive integer or None, got {chunk_size!r}")
 
 
