@@ -66,6 +66,26 @@ def make_pair_batch(rng, shape, n_sci=2, *, sigma=1.0, sky=100.0, defects=True):
     return ref, jm.stack_exposures(scis), np.stack(truths)
 
 
+def oracle_of(ref, sci, config, k=None):
+    """The NumPy oracle (`oracle.oracle_match`) on `jaxmatch` exposures: ``ref``
+    against ``sci`` (a single exposure) or against exposure ``k`` of the batch
+    ``sci``, with the config's bad-pixel bits and keyword arguments."""
+    from oracle import oracle_match
+
+    pick = (lambda a: np.asarray(a)) if k is None else (lambda a: np.asarray(a[k]))
+    return oracle_match(
+        np.asarray(ref.image),
+        np.asarray(ref.mask),
+        np.asarray(ref.variance),
+        pick(sci.image),
+        pick(sci.mask),
+        pick(sci.variance),
+        bad_bits_ref=ref.bitmask(config.badMaskPlanes),
+        bad_bits_sci=sci.bitmask(config.badMaskPlanes),
+        **oracle_kwargs(config),
+    )
+
+
 def oracle_kwargs(config):
     """The oracle's keyword arguments for a MatchBackgroundsConfig."""
     return dict(

@@ -8,8 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import oracle_kwargs
-from oracle import oracle_match
+from helpers import oracle_of
 
 import jaxmatch as jm
 from jaxmatch._autotune import candidate_settings, default_cell_size
@@ -38,17 +37,7 @@ def _truth_error(batch, backgrounds, config):
     ref = batch[0]
     errors = []
     for k in range(1, batch.image.shape[0]):
-        out = oracle_match(
-            np.asarray(ref.image),
-            np.asarray(ref.mask),
-            np.asarray(ref.variance),
-            np.asarray(batch.image[k]),
-            np.asarray(batch.mask[k]),
-            np.asarray(batch.variance[k]),
-            bad_bits_ref=ref.bitmask(config.badMaskPlanes),
-            bad_bits_sci=batch.bitmask(config.badMaskPlanes),
-            **oracle_kwargs(config),
-        )
+        out = oracle_of(ref, batch, config, k)
         truth = backgrounds[0] - backgrounds[k]
         errors.append(np.sqrt(np.mean((out["model"] - truth) ** 2)))
     return float(max(errors))

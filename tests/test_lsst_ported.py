@@ -298,8 +298,7 @@ def test_increase_nxnysample_refits_on_a_number_of_cells():
     4-5 pixels, 9 with data). As a bin size, 21 pixels would leave 2 valid columns
     and stay undersampled. The result equals the NumPy oracle's, whose grid has 21
     cells."""
-    from helpers import oracle_kwargs
-    from oracle import oracle_match
+    from helpers import oracle_of
 
     rng = np.random.default_rng(4)
     y, x = np.mgrid[:96, :96]
@@ -314,13 +313,7 @@ def test_increase_nxnysample_refits_on_a_number_of_cells():
     assert int(result.status[0]) == 0 and int(result.min_sampled[0]) == 9  # new grid
     assert int(result.bin_size[0]) == 5  # 21 cells on 96 pixels: sides of 4 and 5
     assert tuple(np.asarray(result.effective_order[0])) == (2, 2)  # the full order
-    expected = oracle_match(
-        np.asarray(ref.image), np.asarray(ref.mask), np.asarray(ref.variance),
-        np.asarray(sci.image), np.asarray(sci.mask), np.asarray(sci.variance),
-        bad_bits_ref=ref.bitmask(config.badMaskPlanes),
-        bad_bits_sci=sci.bitmask(config.badMaskPlanes),
-        **oracle_kwargs(config),
-    )  # fmt: skip
+    expected = oracle_of(ref, sci, config)
     assert expected["status"] == 0 and expected["bin_size_used"] == 5
     # float64 both; the oracle solves by lstsq, the engine by QR (tests/test_match.py)
     np.testing.assert_allclose(result.model[0].getImage(), expected["model"], 1e-9, 1e-9)

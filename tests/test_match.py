@@ -4,8 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import make_pair_batch, oracle_kwargs
-from oracle import oracle_match
+from helpers import make_pair_batch, oracle_of
 from tolerances import TOL
 
 import jaxmatch as jm
@@ -69,17 +68,7 @@ CASES = {
 
 
 def _compare(result, k, ref, sci, config, *, grid=True):
-    expected = oracle_match(
-        np.asarray(ref.image),
-        np.asarray(ref.mask),
-        np.asarray(ref.variance),
-        np.asarray(sci.image[k]),
-        np.asarray(sci.mask[k]),
-        np.asarray(sci.variance[k]),
-        bad_bits_ref=ref.bitmask(config.badMaskPlanes),
-        bad_bits_sci=sci.bitmask(config.badMaskPlanes),
-        **oracle_kwargs(config),
-    )
+    expected = oracle_of(ref, sci, config, k)
     assert int(result.status[k]) == expected["status"]
     if grid:  # after INCREASE_NXNYSAMPLE the result keeps the first (coarser) grid
         np.testing.assert_allclose(result.grid_values[k], expected["cell_values"], RTOL, ATOL)
