@@ -18,6 +18,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from ._binning import power_sums
+from ._range import scale_down, scale_up, typical_exponent
 
 
 def centre_pixels(edges: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -51,12 +52,18 @@ def matched_mse(
     model_image: Float[Array, "H W"],
     usable: Bool[Array, "H W"],
 ) -> Float[Array, ""]:
-    """Mean of ``(diff - model)²`` over usable pixels [ADU²]; NaN without any.
+    """Mean of ``(diff - model)²`` over usable pixels [ADU²]; NaN without any, or
+    where it lies outside the dtype's normal range (`_range`).
 
     One pass: the count and the sum of squares are one variadic reduction, into
     which XLA fuses the residual (a plain sum of a full image goes, on CPU, to a
-    library kernel that first writes the squares to memory: ~4x slower).
+    library kernel that first writes the squares to memory: ~4x slower). The
+    residual is summed in units of ``2^e``, its typical magnitude, so that its
+    squares neither underflow nor overflow.
     """
     resid = jnp.where(usable, jnp.where(usable, diff, 0) - model_image, 0)
-    count, _, sum_sq = power_sums((usable.astype(resid.dtype),), (resid,), (0, 1))
-    return jnp.where(count > 0, sum_sq / jnp.maximum(count, 1), jnp.nan)
+    e = jax.lax.stop_gradient(typical_exponent(resid))
+    unit = scale_down(resid, e)
+    count, _, sum_sq = power_sums((usable.astype(resid.dtype),), (unit,), (0, 1))
+    mean_sq = scale_up(sum_sq / jnp.maximum(count, 1), 2 * e)
+    return jnp.where(count > 0, mean_sq, jnp.nan)

@@ -18,6 +18,7 @@ from ._binning import CellStats, code_unusable, grid_statistics
 from ._config import MatchBackgroundsConfig
 from ._exposure import Exposure, usable_mask
 from ._plan import FitPlan, FitProblem, fit_problem
+from ._range import has_subnormal, scale_down, scale_up, typical_exponent
 from ._solve import RIDGE_PER_CELL as RIDGE_PER_CELL, solve_least_squares
 from ._undersample import ActiveTerms
 
@@ -190,7 +191,10 @@ def bin_difference(
     diff = code_unusable(diff, usable_mask(diff, (ref.mask, bits_ref), (sci.mask, bits_sci)))
 
     if with_diff_im_var:
-        variances = (ref.variance, sci.variance)  # diffImVar: over usable, finite pixels
+        # diffImVar: over usable, finite pixels, in units of 2^e (`_range`).
+        e = typical_exponent(ref.variance)
+        flushed = has_subnormal(ref.variance) | has_subnormal(sci.variance)
+        variances = (scale_down(ref.variance, e), scale_down(sci.variance, e))
         stats, pooled = cast(
             tuple[CellStats, CellStats],
             grid_statistics(
@@ -198,7 +202,7 @@ def bin_difference(
             ),
         )
         value, s, m, n = stats
-        var_value = pooled[0]
+        var_value = jnp.where(flushed, jnp.nan, scale_up(pooled[0], e))
     else:
         stats = cast(CellStats, grid_statistics(diff, None, plan.fit_y, plan.fit_x, *statistic))
         value, s, m, n = stats

@@ -70,6 +70,7 @@ from ._fit import hyperparameters, prepare_fit
 from ._model import BackgroundModel
 from ._plan import design_matrix, penalty_rows, plan_fit
 from ._solve import (
+    GLOBAL_RIDGE_PER_CELL,
     RIDGE_PER_CELL,
     BlockSolution,
     global_roundoff,
@@ -316,7 +317,7 @@ def _match_global(exposures, hyper, bits, config, structure, with_covariance):
     # Rounding error of the solve vs the statistical 1σ (docs/algorithm.md §13).
     noise2 = (1.0 if config.approxWeighting else chi2 / dof) / w_bar
     roundoff = global_roundoff(sol.blocks, groups, noise2, dtype)
-    status = final_status(status, roundoff, rms, var_i)
+    status = final_status(status, roundoff, rms, mse_i, var_i)
     return GlobalResult(
         model=model,
         matched=matched,
@@ -478,7 +479,10 @@ def solve_pairs(
     penalty, floor, active, under = _penalty_and_terms(config, plan, valid_union, dtype)
     sqrt_mu = jnp.sqrt(hyper.roughness + floor).astype(dtype)
     bins_of = jnp.sum(valid_union.reshape(n, -1), axis=1)
-    sqrt_eps = jnp.sqrt(RIDGE_PER_CELL * jnp.maximum(bins_of, 1).astype(dtype))
+    # Chebyshev: the larger global ε (see GLOBAL_RIDGE_PER_CELL); splines' roughness
+    # floor already damps the modes no overlap sees.
+    ridge = GLOBAL_RIDGE_PER_CELL if config.usePolynomial else RIDGE_PER_CELL
+    sqrt_eps = jnp.sqrt(ridge * jnp.maximum(bins_of, 1).astype(dtype))
     act = active.astype(dtype)  # (N, K)
     regulariser = jax.vmap(lambda se, a: regulariser_rows(penalty, sqrt_mu, se, a))(sqrt_eps, act)
 

@@ -179,7 +179,7 @@ def match_one(
         jnp.where(ok, coef, 0).reshape(-1),
         sigma_u,
     )
-    status = final_status(status, roundoff, rms, var)
+    status = final_status(status, roundoff, rms, mse, var)
     return MatchResult(
         model=BackgroundModel(coef, basis),
         covariance=jnp.where(ok, cov, jnp.nan),

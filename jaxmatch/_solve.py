@@ -97,6 +97,17 @@ def _stacked(design, sqrt_weights, penalty, sqrt_mu, active, sqrt_eps):
 #: never added to a normal matrix, so it acts in float32 as in float64.
 RIDGE_PER_CELL = 1e-10
 
+#: ε_i = GLOBAL_RIDGE_PER_CELL · (valid cells of exposure i) in the global solve
+#: of a Chebyshev basis (docs/algorithm.md §10; splines keep RIDGE_PER_CELL: their
+#: roughness floor already damps these modes, and a larger ε would pull their knot
+#: values, the model itself, towards 0). Partially overlapping exposures share modes that no
+#: single overlap sees (functions small on every overlap); with 1e-10 their
+#: eigenvalues (~3e-10 of the whitened system's scale) lie below float32's unit
+#: roundoff, and even float64 sets them from noise. 1e-6 (16 u of float32) damps
+#: them in both precisions; a well-determined coefficient shrinks by ~2e-6 of its
+#: value.
+GLOBAL_RIDGE_PER_CELL = 1e-6
+
 #: A solve is flagged ``ILL_CONDITIONED`` when its estimated rounding error exceeds
 #: this fraction of the coefficients' statistical 1σ (docs/algorithm.md §6).
 ROUNDOFF_LIMIT = 0.05

@@ -45,7 +45,10 @@ STATUS_MESSAGES: dict[int, str] = {
     Status.NONFINITE: "the fit gave a non-finite model",
     Status.NAN_DIAGNOSTIC: (
         "fitted and applied, but a diagnostic is undefined (NaN): no usable pixel with a "
-        "finite variance (diffImVar) or no diagnostic bin with 2 usable pixels (fitRMS)"
+        "finite variance (diffImVar), no diagnostic bin with 2 usable pixels (fitRMS), or "
+        "a squared diagnostic (matchedMSE, diffImVar) outside the dtype's normal range "
+        "(float32: pixel noise below ~1e-19 or above ~1e19 image units; rescale the "
+        "exposures, e.g. with ImageScaler, or use dtype='float64')"
     ),
     Status.ILL_CONDITIONED: ILL_CONDITIONED_MESSAGE,
 }

@@ -17,7 +17,8 @@ NO_DATA = 1 << jm.DEFAULT_MASK_PLANES["NO_DATA"]
 def test_reference_pairs_only_equal_single_reference_mode():
     """Full overlap, pairs (ref, i) only, PAIR weights: the joint problem decouples
     into the single-reference fits. Chebyshev: both solve the same weighted least
-    squares up to the ε guard (1e-10 relative), so 1e-8; the spline's λ_floor is
+    squares up to the ε guards (the global solve's 1e-6 per cell against 1e-10,
+    docs/algorithm.md §10: measured 8e-5 on these models of ~10), so 1e-4; the spline's λ_floor is
     scaled by a global instead of a per-pair mean weight, which moves the answer by
     O(λ_floor) = 1e-6 relative, so 1e-5 there."""
     ref, sci, _ = make_pair_batch(np.random.default_rng(0), (80, 96), n_sci=3)
@@ -26,7 +27,7 @@ def test_reference_pairs_only_equal_single_reference_mode():
     groups = jm.connected_groups(4, pairs)
     gauge = np.array([True, False, False, False])
     for fields, tol in (
-        (dict(usePolynomial=True, order=3), 1e-8),
+        (dict(usePolynomial=True, order=3), 1e-4),
         (dict(interpStyle="NATURAL_SPLINE"), 1e-5),
     ):
         config = jm.MatchBackgroundsConfig(binSize=16, globalWeights="PAIR", **fields)
