@@ -67,6 +67,7 @@ from ._config import MatchBackgroundsConfig
 from ._diagnostics import matched_mse
 from ._exposure import Exposure, usable_mask
 from ._fit import hyperparameters, prepare_fit
+from ._maskbits import with_canonical_planes
 from ._model import BackgroundModel
 from ._plan import design_matrix, penalty_rows, plan_fit
 from ._solve import (
@@ -236,7 +237,9 @@ def match_global(
     hyper = hyperparameters(config, dtype, roughness, num_sigma_clip, clip_sharpness)
     plan = plan_fit(config, exposures.image.shape[1:], config.binSize)  # eager shape checks
     check_match_arguments(config, roughness, num_sigma_clip, clip_sharpness, plan)
-    bits = exposures.bitmask(config.badMaskPlanes)
+    # The bit mask as traced data: mask-plane dictionaries do not recompile (_maskbits).
+    bits = jnp.asarray(exposures.bitmask(config.badMaskPlanes), jnp.int32)
+    exposures = with_canonical_planes(exposures)
     structure = (
         tuple(map(tuple, pairs.tolist())),
         tuple(int(g) for g in groups),

@@ -516,6 +516,29 @@ def test_mask_plane_dictionaries_do_not_recompile(traces):
     assert traces["n"] == before
 
 
+def test_mask_plane_dictionaries_do_not_recompile_the_global_solve(traces):
+    import jaxmatch as jm
+
+    config = MatchBackgroundsConfig(matchMode="GLOBAL", **SMALL)
+
+    def solve(planes=None):
+        ref, sci = _pair(planes)
+        batch = jm.stack_exposures([ref, sci])
+        return jm.match_global(
+            batch, np.array([[0, 1]]), np.array([0, 0]), np.array([True, False]), config
+        )
+
+    expected = solve()
+    before = traces["names"].count("_match_global")
+    assert before == 1
+    shuffled = {name: (bit + 5) % 9 for name, bit in jm.DEFAULT_MASK_PLANES.items()}
+    extra = {**jm.DEFAULT_MASK_PLANES, "STREAK": 12}
+    for planes in (shuffled, extra):
+        got = solve(planes)  # same bad pixels (the blob), other bits: same answer
+        np.testing.assert_array_equal(got.model.coefficients, expected.model.coefficients)
+    assert traces["names"].count("_match_global") == before
+
+
 def test_user_jit_over_tasks_reuses_and_follows_config_changes():
     import equinox as eqx
 
