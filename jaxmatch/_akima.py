@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jaxtyping import Array, Float
 
 from ._custom_types import AnyArray
@@ -79,7 +80,57 @@ def akima_grid(
     """Separable Akima interpolation of knot values: along y, then along x (afw's order)."""
     vy, dy = constant_if_known(hermite_matrices, y, knots_y)
     columns = vy @ coefficients + dy @ akima_derivatives(knots_y, coefficients)  # (ny, kx)
-    vx, dx = constant_if_known(hermite_matrices, x, knots_x)
     slopes = akima_derivatives(knots_x, columns.T).T  # (ny, kx)
+    if isinstance(x, np.ndarray) and x.ndim == 1:
+        runs = _interval_runs(x, knots_x)
+        if len(runs) <= MAX_RUNS:
+            return _hermite_by_runs(columns, slopes, x, knots_x, runs)
+    vx, dx = constant_if_known(hermite_matrices, x, knots_x)
     left = jnp.concatenate([columns, slopes], axis=1)
     return outer_sum(left, jnp.concatenate([vx, dx], axis=1))
+
+
+#: At most this many runs of pixels in one knot interval are evaluated run by run
+#: (`_hermite_by_runs`); more (unsorted coordinates) use the dense matrices.
+MAX_RUNS = 256
+
+
+def _interval_runs(x: np.ndarray, t: np.ndarray) -> list[tuple[int, int, int]]:
+    """``(start, stop, a)``: maximal runs ``x[start:stop]`` in one interval ``a``
+    (as `hermite_matrices` assigns them: end intervals continue beyond the knots)."""
+    a = np.clip(np.searchsorted(t, x, side="right") - 1, 0, len(t) - 2)
+    edges = np.flatnonzero(np.diff(a)) + 1
+    starts = np.concatenate([[0], edges]).astype(int)
+    stops = np.concatenate([edges, [len(x)]]).astype(int)
+    return [(int(b), int(e), int(a[b])) for b, e in zip(starts, stops)]
+
+
+def _hermite_by_runs(
+    columns: Float[Array, "ny k"],
+    slopes: Float[Array, "ny k"],
+    x: np.ndarray,
+    t: np.ndarray,
+    runs: list[tuple[int, int, int]],
+) -> Float[Array, "ny nx"]:
+    """``V f + D d`` along x for every row, with pixel coordinates known at trace
+    time: each run of pixels in interval ``a`` is the Hermite cubic of its two
+    knots, 4 multiply-adds per pixel (the dense form has ``2k`` terms, above
+    `outer_sum`'s unrolling limit for ``k > 16``: a matrix product whose image is
+    written to memory). The per-run Hermite weights are NumPy constants; the row
+    values and slopes are computed once, before the per-pixel loop."""
+    columns, slopes = lax.optimization_barrier((columns, slopes))
+    dtype = columns.dtype
+    pieces = []
+    for start, stop, a in runs:
+        h = float(t[a + 1] - t[a])
+        s = (x[start:stop] - t[a]) / h
+        s2, s3 = s * s, s * s * s
+        weights = [
+            (columns[:, a, None], 2 * s3 - 3 * s2 + 1),
+            (columns[:, a + 1, None], -2 * s3 + 3 * s2),
+            (slopes[:, a, None], (s3 - 2 * s2 + s) * h),
+            (slopes[:, a + 1, None], (s3 - s2) * h),
+        ]
+        piece = sum(v * jnp.asarray(w, dtype)[None, :] for v, w in weights)
+        pieces.append(piece)
+    return jnp.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0]

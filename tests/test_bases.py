@@ -289,6 +289,28 @@ def test_model_equals_dense_product(kind):
         )
 
 
+def test_akima_run_by_run_evaluation_equals_the_dense_hermite_form():
+    """Pixel coordinates known at trace time are evaluated run by run (4 terms per
+    pixel, `_akima._hermite_by_runs`); traced coordinates use the dense Hermite
+    matrices. Both equal SciPy's Akima, on the sorted pixel grid (runs beyond the
+    knots: extrapolation) and on unsorted coordinates (more runs than intervals)."""
+    from jaxmatch._akima import _interval_runs, akima_grid
+
+    ty, tx = (np.asarray(k) for k in AKIMA_KNOTS)
+    c = _coefficients(_basis("AKIMA_SPLINE"), seed=5)
+    unsorted = np.random.default_rng(6).permutation(np.linspace(-2.0, 9.5, 23))
+    dense = jax.jit(lambda c, y, x: akima_grid(c, ty, tx, y, x))
+    for xs in (XS, unsorted):
+        runs_count = len(_interval_runs(xs, tx))
+        assert runs_count == len(tx) - 1 if xs is XS else runs_count > len(tx) - 1
+        runs = np.asarray(akima_grid(jnp.asarray(c), ty, tx, YS, xs))  # NumPy x: runs
+        traced = np.asarray(dense(jnp.asarray(c), jnp.asarray(YS), jnp.asarray(xs)))
+        np.testing.assert_allclose(runs, traced, **TOL["float64", "akima"])
+        np.testing.assert_allclose(
+            runs, _dense("AKIMA_SPLINE", c, YS, xs), **TOL["float64", "akima"]
+        )
+
+
 @pytest.mark.parametrize("kind", ["CHEBYSHEV", "NATURAL_SPLINE", "AKIMA_SPLINE"])
 def test_batched_model_jit_and_vmap(kind):
     # The singles reuse the compilations of test_model_equals_dense_product (same
