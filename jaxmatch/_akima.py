@@ -14,7 +14,9 @@ outside the knots the end intervals' cubics continue (as SciPy's
 ``Akima1DInterpolator(extrapolate=True)``). The interpolant is linear in
 ``(f, d)``, so with the Hermite matrices ``V`` (values) and ``D`` (derivatives)
 of the query points the evaluation is ``V f + D d``: two matrix products, as for
-the linear bases, with only the ``d`` computed per row.
+the linear bases, with only the ``d`` computed per row. On pixel coordinates known
+at trace time (the model image) the x direction is evaluated run by run instead:
+each run of pixels in one knot interval is the Hermite cubic of its two knots.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def akima_grid(
     vy, dy = constant_if_known(hermite_matrices, y, knots_y)
     columns = vy @ coefficients + dy @ akima_derivatives(knots_y, coefficients)  # (ny, kx)
     slopes = akima_derivatives(knots_x, columns.T).T  # (ny, kx)
-    if isinstance(x, np.ndarray) and x.ndim == 1:
+    if isinstance(x, np.ndarray) and x.ndim == 1 and x.size > 0:
         runs = _interval_runs(x, knots_x)
         if len(runs) <= MAX_RUNS:
             return _hermite_by_runs(columns, slopes, x, knots_x, runs)
