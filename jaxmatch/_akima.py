@@ -58,18 +58,29 @@ def hermite_matrices(x: Float[AnyArray, " n"], t: Float[AnyArray, " k"]) -> tupl
     ``h00 = 2s³ - 3s² + 1``, ``h10 = s³ - 2s² + s``, ``h01 = -2s³ + 3s²``,
     ``h11 = s³ - s²`` (the derivative terms scaled by ``h_a``).
     """
-    k = len(t)
     tj = jnp.asarray(t, dtype=x.dtype)
-    a = jnp.clip(jnp.searchsorted(tj, x, side="right") - 1, 0, k - 2)
+    a = _interval_of(tj, x, jnp)
     h = tj[a + 1] - tj[a]
-    s = (x - tj[a]) / h
-    s2, s3 = s * s, s * s * s
-    cols = jnp.arange(k)[None, :]
+    w00, w01, w10, w11 = _hermite_weights((x - tj[a]) / h, h)
+    cols = jnp.arange(len(t))[None, :]
     left = (cols == a[:, None]).astype(x.dtype)
     right = (cols == a[:, None] + 1).astype(x.dtype)
-    v = left * (2 * s3 - 3 * s2 + 1)[:, None] + right * (-2 * s3 + 3 * s2)[:, None]
-    d = left * ((s3 - 2 * s2 + s) * h)[:, None] + right * ((s3 - s2) * h)[:, None]
+    v = left * w00[:, None] + right * w01[:, None]
+    d = left * w10[:, None] + right * w11[:, None]
     return v, d
+
+
+def _interval_of(t, x, xp):
+    """Index ``a`` of the knot interval ``[t_a, t_{a+1})`` holding each ``x`` (the end
+    intervals continue beyond the knots); ``xp``: NumPy or jax.numpy."""
+    return xp.clip(xp.searchsorted(t, x, side="right") - 1, 0, len(t) - 2)
+
+
+def _hermite_weights(s, h):
+    """``(h00, h01, h10·h, h11·h)`` at the local coordinates ``s`` of an interval of
+    length ``h``: the weights of ``f_a``, ``f_{a+1}``, ``d_a``, ``d_{a+1}``."""
+    s2, s3 = s * s, s * s * s
+    return 2 * s3 - 3 * s2 + 1, -2 * s3 + 3 * s2, (s3 - 2 * s2 + s) * h, (s3 - s2) * h
 
 
 def akima_grid(
@@ -100,7 +111,7 @@ MAX_RUNS = 256
 def _interval_runs(x: np.ndarray, t: np.ndarray) -> list[tuple[int, int, int]]:
     """``(start, stop, a)``: maximal runs ``x[start:stop]`` in one interval ``a``
     (as `hermite_matrices` assigns them: end intervals continue beyond the knots)."""
-    a = np.clip(np.searchsorted(t, x, side="right") - 1, 0, len(t) - 2)
+    a = _interval_of(t, x, np)
     edges = np.flatnonzero(np.diff(a)) + 1
     starts = np.concatenate([[0], edges]).astype(int)
     stops = np.concatenate([edges, [len(x)]]).astype(int)
@@ -125,14 +136,12 @@ def _hermite_by_runs(
     pieces = []
     for start, stop, a in runs:
         h = float(t[a + 1] - t[a])
-        s = (x[start:stop] - t[a]) / h
-        s2, s3 = s * s, s * s * s
-        weights = [
-            (columns[:, a, None], 2 * s3 - 3 * s2 + 1),
-            (columns[:, a + 1, None], -2 * s3 + 3 * s2),
-            (slopes[:, a, None], (s3 - 2 * s2 + s) * h),
-            (slopes[:, a + 1, None], (s3 - s2) * h),
-        ]
-        piece = sum(v * jnp.asarray(w, dtype)[None, :] for v, w in weights)
-        pieces.append(piece)
+        weights = _hermite_weights((x[start:stop] - t[a]) / h, h)
+        values = (
+            columns[:, a, None],
+            columns[:, a + 1, None],
+            slopes[:, a, None],
+            slopes[:, a + 1, None],
+        )
+        pieces.append(sum(v * jnp.asarray(w, dtype)[None, :] for v, w in zip(values, weights)))
     return jnp.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0]
