@@ -24,7 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Bool, Float, Int
+
+from ._range import scale_down
 
 # The cell statistic `(value, s, m, n)`: value, std, number of pixels behind
 # value (after clipping), number of usable pixels.
@@ -123,27 +125,59 @@ def _power_sums_jvp(axes, primals, tangents):
 
 
 def _rough_centre(x, weight, axes, fold):
-    """Mean of ``x`` over at most 4 evenly spaced slices along ``axes[0]``; where
-    none of them has a usable entry (a cell whose usable rows fall between the
-    sampled rows), over 4 slices along ``axes[1]`` (8 slices, no extra data pass).
+    """Mean of ``x`` over at most 4 evenly spaced slices along ``axes[0]`` (the rows
+    of each cell): the shift of the one-pass moments.
 
-    Only the shift of the one-pass moments: any value within a few σ of the mean
-    keeps their float32 rounding error negligible. 0 where no sampled row or
-    column has a usable entry (usable pixels only in a patch between both).
+    Any value within ~100 σ of the mean keeps their float32 rounding error
+    negligible (the error of ``Σ(x - c)²`` grows as ``u (mean - c)²``), so a cell
+    whose usable rows all fall between the sampled rows takes the weighted mean of
+    its neighbours' samples (`_fill_from_neighbours`), else of every cell's; 0
+    where no sampled row of any cell has a usable entry. Reading 4 rows per cell
+    costs a few percent of a data pass; sampled columns would cost most of one
+    (every row's cache lines), so none are read.
     """
-
-    def sampled(axis):
-        size = x.shape[axis]
-        rows = np.unique(np.linspace(0, size - 1, min(size, 4)).round().astype(np.int64))
-        xs, ws = jnp.take(x, rows, axis=axis), jnp.take(weight, rows, axis=axis)
-        return fold(jnp.sum(ws, axes)), fold(jnp.sum(ws * xs, axes))
-
-    count, total = sampled(axes[0])
-    if len(axes) > 1:
-        count_x, total_x = sampled(axes[1])
-        total = jnp.where(count > 0, total, total_x)
-        count = jnp.where(count > 0, count, count_x)
+    size = x.shape[axes[0]]
+    rows = np.unique(np.linspace(0, size - 1, min(size, 4)).round().astype(np.int64))
+    xs, ws = jnp.take(x, rows, axis=axes[0]), jnp.take(weight, rows, axis=axes[0])
+    count, total = fold(jnp.sum(ws, axes)), fold(jnp.sum(ws * xs, axes))
+    if count.ndim:
+        count, total = _fill_from_neighbours(count, total)
     return jnp.where(count > 0, total / jnp.where(count > 0, count, 1), 0.0)
+
+
+#: Steps of `_fill_from_neighbours`: an empty cell takes its neighbours' samples
+#: up to this many cells away before it takes every cell's.
+NEIGHBOUR_STEPS = 2
+
+
+def _fill_from_neighbours(count: Array, total: Array) -> tuple[Array, Array]:
+    """Sample weights ``count`` and weighted sums ``total`` on the cell grid, with
+    each empty cell (``count == 0``) given the sums of its non-empty neighbours
+    along every grid axis (`NEIGHBOUR_STEPS` times, so up to that many cells away),
+    and the cells still empty given the sums over all cells."""
+    all_count, all_total = jnp.sum(count), jnp.sum(total)
+
+    def neighbours(a):
+        out = jnp.zeros_like(a)
+        for axis in range(a.ndim):
+            if a.shape[axis] < 2:
+                continue
+            pad = [(0, 0)] * a.ndim
+            for side in ((1, 0), (0, 1)):
+                pad[axis] = side
+                padded = jnp.pad(a, pad)
+                start = 0 if side == (1, 0) else 1
+                out = out + lax.slice_in_dim(padded, start, start + a.shape[axis], axis=axis)
+        return out
+
+    for _ in range(NEIGHBOUR_STEPS):
+        empty = count == 0
+        count, total = (
+            jnp.where(empty, neighbours(count), count),
+            jnp.where(empty, neighbours(total), total),
+        )
+    empty = count == 0
+    return jnp.where(empty, all_count, count), jnp.where(empty, all_total, total)
 
 
 def _mean_std(centre, n, s1, s2):
@@ -452,6 +486,7 @@ def grid_statistics(
     num_iter: int,
     clip_sharpness: float | Array | None = None,
     pooled: tuple[Array | tuple[Array, ...], Array | None] | None = None,
+    pooled_exponent: Int[Array, ""] | None = None,
 ) -> CellStats | tuple[CellStats, CellStats]:
     """Per-cell ``(value, s, m, n)``, each ``(ny, nx)``, of an image over usable pixels.
 
@@ -464,6 +499,9 @@ def grid_statistics(
     finite. It is computed in the same data passes (the cells cover every pixel
     once, so its sums are sums of per-cell partial sums), and ``y`` is never
     stored: each pass adds the terms. Used for the fit grid and ``diffImVar``.
+    With ``pooled_exponent = e`` the pooled statistic is of ``y / 2^e`` (exact
+    power-of-two units, `_range`; each pass scales the sum it forms, so no scaled
+    copy of a term is stored either).
     """
 
     def cells_of(x):
@@ -488,10 +526,18 @@ def grid_statistics(
         def deviation(c):
             # The centre is taken off the first term, so nothing here is independent
             # of it (see `_clipped_moments`); the grid's usable pixels are read off
-            # its own coded cells, which the same pass reads anyway.
-            d = term_cells[0] - c
+            # its own coded cells, which the same pass reads anyway. The units are
+            # applied to the sum, after the centre: a scaled term alone would be
+            # loop-invariant, and XLA would store it as a plane.
+            if pooled_exponent is None:
+                d = term_cells[0] - c
+            else:
+                centre = jnp.asarray(c, term_cells[0].dtype)
+                d = term_cells[0] - scale_down(centre, -pooled_exponent)
             for t in term_cells[1:]:
                 d = d + t
+            if pooled_exponent is not None:
+                d = scale_down(d, pooled_exponent)
             if pooled_usable is None:
                 use = ~jnp.isnan(cells - c)
             else:

@@ -18,7 +18,7 @@ from ._binning import CellStats, code_unusable, grid_statistics
 from ._config import MatchBackgroundsConfig
 from ._exposure import Exposure, usable_mask
 from ._plan import FitPlan, FitProblem, fit_problem
-from ._range import has_subnormal, scale_down, scale_up, typical_exponent
+from ._range import has_subnormal, scale_up, typical_exponent
 from ._solve import RIDGE_PER_CELL as RIDGE_PER_CELL, solve_least_squares
 from ._undersample import ActiveTerms
 
@@ -194,11 +194,16 @@ def bin_difference(
         # diffImVar: over usable, finite pixels, in units of 2^e (`_range`).
         e = typical_exponent(ref.variance)
         flushed = has_subnormal(ref.variance) | has_subnormal(sci.variance)
-        variances = (scale_down(ref.variance, e), scale_down(sci.variance, e))
         stats, pooled = cast(
             tuple[CellStats, CellStats],
             grid_statistics(
-                diff, None, plan.fit_y, plan.fit_x, *statistic, pooled=(variances, None)
+                diff,
+                None,
+                plan.fit_y,
+                plan.fit_x,
+                *statistic,
+                pooled=((ref.variance, sci.variance), None),
+                pooled_exponent=e,
             ),
         )
         value, s, m, n = stats

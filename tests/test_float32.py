@@ -438,27 +438,50 @@ def test_range_helpers_against_numpy():
     assert np.isnan(np.asarray(scale_up(values, jnp.asarray(127, jnp.int32)))[3])
 
 
-def test_bin_shift_covers_cells_whose_rows_miss_the_sampled_rows():
+def _rows_between_samples(layout):
+    """A 48² usable mask on 16² cells (sampled rows 0, 5, 10, 15 of each) where
+    some cells have usable pixels only on rows 1-4, which miss the samples."""
+    usable = np.zeros((48, 48), bool)
+    if layout == "neighbour":  # cell row 0 on rows 1-4; cell rows 1-2 whole
+        usable[1:5, :] = True
+        usable[16:, :] = True
+    elif layout == "two cells away":  # cell (0, 0) on rows 1-4; only cell (2, 0) whole
+        usable[1:5, :16] = True
+        usable[32:, :16] = True
+    else:  # "every cell": every cell on rows 1-4 only
+        for r in (0, 16, 32):
+            usable[r + 1 : r + 5, :] = True
+    return usable
+
+
+@pytest.mark.parametrize("layout", ["neighbour", "two cells away", "every cell"])
+def test_bin_shift_covers_cells_whose_rows_miss_the_sampled_rows(layout):
     """float32 one-pass bin sums are shifted by a rough centre taken from 4 sampled
-    rows of each cell; a cell whose usable rows (1-4 of 16) miss them used to get
-    the shift 0, and the scatter of values ~1e4σ from 0 lost every digit (std 4.9
-    instead of 1.04). The centre now falls back to 4 sampled columns: the float32
-    MEAN and std equal NumPy's float64 ones, the std to 1e-3 relative (float32
-    rounding of sums of 64 shifted values is ~1e-6 of σ; 1e-3 leaves room, and the
-    bug gave 370%), the mean to 1e-2 ADU (float32's spacing at 1e4 is 1e-3)."""
+    rows of each cell; a cell whose usable rows (4 of 16) miss them used to get the
+    shift 0, and the scatter of values ~1e4σ from 0 lost every digit (std 4.9
+    instead of 1.04). Such a cell now takes its neighbours' samples (up to two
+    cells away), else every cell's: the float32 MEAN and std equal NumPy's float64
+    ones, the std to 1e-3 relative (float32 rounding of sums of 64 shifted values
+    is ~1e-6 of σ; 1e-3 leaves room, and the bug gave 370%), the mean to 1e-2 ADU
+    (float32's spacing at 1e4 is 1e-3). Where no cell's samples hold data ("every
+    cell") the shift is 0: the mean stays right, the scatter does not (documented
+    in docs/algorithm.md §3)."""
     from jaxmatch._binning import cell_edges, grid_statistics
 
     rng = np.random.default_rng(0)
-    image = 1e4 + rng.normal(0, 1, (32, 32))
-    usable = np.zeros((32, 32), bool)
-    usable[1:5, :] = True  # cell row 0: rows 1-4 only (sampled rows: 0, 5, 10, 15)
-    usable[16:, :] = True
-    edges = cell_edges(32, 16)
+    image = 1e4 + rng.normal(0, 1, (48, 48))
+    usable = _rows_between_samples(layout)
+    edges = cell_edges(48, 16)
     value, std, _, count = grid_statistics(
         jnp.asarray(image, jnp.float32), jnp.asarray(usable), edges, edges, "MEAN", 3.0, 0
     )
-    assert list(np.asarray(count)[0]) == [64, 64]
-    for c in range(2):  # NumPy float64 reference of the two cells of row 0
-        cell = image[:16, 16 * c : 16 * (c + 1)][usable[:16, 16 * c : 16 * (c + 1)]]
-        np.testing.assert_allclose(float(std[0, c]), np.std(cell, ddof=1), rtol=1e-3)
-        np.testing.assert_allclose(float(value[0, c]), np.mean(cell), rtol=0, atol=1e-2)
+    assert np.asarray(count)[0, 0] == 64
+    for cy in range(3):  # NumPy float64 reference of every cell with data
+        for cx in range(3):
+            part = (slice(16 * cy, 16 * cy + 16), slice(16 * cx, 16 * cx + 16))
+            cell = image[part][usable[part]]
+            if cell.size < 2:
+                continue
+            np.testing.assert_allclose(float(value[cy, cx]), np.mean(cell), rtol=0, atol=1e-2)
+            if layout != "every cell":
+                np.testing.assert_allclose(float(std[cy, cx]), np.std(cell, ddof=1), rtol=1e-3)
