@@ -471,10 +471,7 @@ def _default_optimizer() -> optax.GradientTransformation:
     return optax.adam(0.1)
 
 
-# Plain `eqx.filter_jit`, without `_compile`'s CPU reduction options: compiling
-# this gradient program with them crashed XLA's CPU compiler (a segmentation fault,
-# intermittent: 2 of 5 full test runs). The step is small next to a match.
-@eqx.filter_jit
+@filter_jit
 def _tune_step(params, opt_state, batch, mask, optimizer, settings):
     """One optimiser step on `heldout_loss`; compiled once per optimiser object,
     config, shapes and fold layout (``settings``), and reused by later `tune` calls."""
