@@ -158,16 +158,13 @@ def _fill_from_neighbours(count: Array, total: Array) -> tuple[Array, Array]:
     all_count, all_total = jnp.sum(count), jnp.sum(total)
 
     def neighbours(a):
+        """Sum of the two neighbours of each cell along every axis (0 beyond the edge)."""
         out = jnp.zeros_like(a)
-        for axis in range(a.ndim):
-            if a.shape[axis] < 2:
-                continue
-            pad = [(0, 0)] * a.ndim
-            for side in ((1, 0), (0, 1)):
-                pad[axis] = side
-                padded = jnp.pad(a, pad)
-                start = 0 if side == (1, 0) else 1
-                out = out + lax.slice_in_dim(padded, start, start + a.shape[axis], axis=axis)
+        for axis, size in enumerate(a.shape):
+            padded = jnp.pad(a, [(1, 1) if ax == axis else (0, 0) for ax in range(a.ndim)])
+            before = lax.slice_in_dim(padded, 0, size, axis=axis)
+            after = lax.slice_in_dim(padded, 2, size + 2, axis=axis)
+            out = out + before + after
         return out
 
     for _ in range(NEIGHBOUR_STEPS):
@@ -529,11 +526,10 @@ def grid_statistics(
             # its own coded cells, which the same pass reads anyway. The units are
             # applied to the sum, after the centre: a scaled term alone would be
             # loop-invariant, and XLA would store it as a plane.
-            if pooled_exponent is None:
-                d = term_cells[0] - c
-            else:
-                centre = jnp.asarray(c, term_cells[0].dtype)
-                d = term_cells[0] - scale_down(centre, -pooled_exponent)
+            shift = c  # the centre in the terms' own units
+            if pooled_exponent is not None:
+                shift = scale_down(jnp.asarray(c, term_cells[0].dtype), -pooled_exponent)
+            d = term_cells[0] - shift
             for t in term_cells[1:]:
                 d = d + t
             if pooled_exponent is not None:
