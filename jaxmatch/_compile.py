@@ -28,6 +28,8 @@ import jax
 import jax.core
 import jax.numpy as jnp
 
+from ._maplimit import release_programs_near_map_limit
+
 CPU_REDUCTION_OPTIONS = {
     "xla_cpu_enable_fast_math": True,
     "xla_cpu_fast_math_honor_nans": True,
@@ -61,7 +63,10 @@ def filter_jit(fun=None, /, **jit_kwargs):
 
     @functools.wraps(fun)
     def call(*args, **kwargs):
-        if jax.default_backend() != "cpu" or _under_a_transformation(args, kwargs):
+        if _under_a_transformation(args, kwargs):
+            return plain(*args, **kwargs)
+        release_programs_near_map_limit()
+        if jax.default_backend() != "cpu":
             return plain(*args, **kwargs)
         return fast(*args, **kwargs)
 

@@ -56,3 +56,18 @@ def pytest_xdist_auto_num_workers(config):
 def rng():
     """A seeded NumPy generator, so every test is reproducible."""
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(autouse=True)
+def _compiled_programs_released_between_tests():
+    """Keep a test worker far from the kernel's memory-map limit, between tests.
+
+    A worker compiles thousands of programs, and XLA's CPU compiler crashes the
+    process past ``vm.max_map_count`` maps (see `jaxmatch._maplimit`). jaxmatch
+    releases JAX's compiled programs at half the limit, at whichever call gets
+    there; releasing here at a quarter, before a test starts, keeps that release
+    out of the tests that count their compilations.
+    """
+    from jaxmatch._maplimit import release_programs_near_map_limit
+
+    release_programs_near_map_limit(fraction=0.25)
