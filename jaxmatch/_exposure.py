@@ -183,7 +183,7 @@ def check_stackable(exposures: Sequence[Exposure]) -> None:
     Non-empty; every item a single `Exposure` (no batch axis) with the shape, dtype
     and mask-plane dictionary of the first (`TypeError` / `ValueError` naming the
     first item that differs). The one check behind `stack_exposures` and the task's
-    list path (`jaxmatch._taskpath.match_list`), which stacks inside its program.
+    list path (`jaxmatch._taskpath.match_list`), which fits the list without stacking it.
     """
     if not exposures:
         raise ValueError("cannot stack an empty list of exposures")

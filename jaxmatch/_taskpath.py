@@ -6,10 +6,12 @@ built on its own). Stacking them into an ``(N, H, W)`` batch before calling
 `jaxmatch.match` would copy every image, mask and variance plane once more, and
 evaluating each returned model afterwards (``getImage()``) would compute every
 model image a second time. Here the list goes into one compiled program that
-stacks it (XLA reads the planes where they are), matches the batch as `match`
-does, and returns, per exposure, its own buffers: the model image and the
-matched image, both computed in the loop that forms ``sci + model``. The
-diagnostics come back to the host once, as NumPy arrays.
+fits it as `match` fits a batch (on the CPU one exposure per step of a compiled
+loop, `match_batch` given the list, so that no stacked copy is written; elsewhere stacked
+inside the program and vectorised, `LOOP_BACKENDS`) and returns, per exposure,
+its own buffers: the model image and the matched image, both computed in the
+pass that forms ``sci + model``. The diagnostics come back to the host once, as
+NumPy arrays.
 """
 
 from __future__ import annotations
@@ -78,14 +80,24 @@ class ListFit(NamedTuple):
 _SCALARS = ("status", "fitRMS", "matchedMSE", "diffImVar")
 
 
+#: Backends on which `match_batch` fits the list by a loop over its exposures rather
+#: than stacked and vectorised: on the CPU the stacked copy costs more than the loop
+#: (see `match_batch`); on an accelerator the loop would fit one exposure at a time.
+LOOP_BACKENDS = ("cpu",)
+
+
 @filter_jit
-def _match_list_program(reference, exposures, hyper, bits_ref, bits_sci, config, dtype):
-    """Stack, cast and match; the model and matched images ``(N, H, W)`` and the
-    diagnostics. The matched images are in the exposures' own dtype."""
+def _match_list_program(reference, exposures, hyper, bits_ref, bits_sci, config, dtype, loop):
+    """Cast and match (``loop``: one exposure per step; else stacked and vectorised);
+    the model and matched images ``(N, H, W)`` and the diagnostics. The matched
+    images are in the exposures' own dtype."""
     out_dtype = exposures[0].image.dtype
     reference = _cast_planes(reference, dtype)
-    science = jax.tree.map(lambda *planes: jnp.stack(planes), *exposures)
-    science = _cast_planes(science, dtype)
+    if loop:
+        science = [_cast_planes(e, dtype) for e in exposures]
+    else:
+        science = jax.tree.map(lambda *planes: jnp.stack(planes), *exposures)
+        science = _cast_planes(science, dtype)
     result = match_batch(
         reference, science, hyper, bits_ref, bits_sci, config, config.binSize, True
     )
@@ -190,8 +202,9 @@ def match_list(
     exposures = [with_canonical_planes(e) for e in exposures]
     hyper = hyperparameters(config, dtype, roughness, None, None)
     plan_fit(config, reference.image.shape, config.binSize)  # eager shape checks
+    loop = jax.default_backend() in LOOP_BACKENDS
     coefficients, images, matched, scalars, basis = _match_list_program(
-        reference, tuple(exposures), hyper, bits_ref, bits_sci, config, dtype
+        reference, tuple(exposures), hyper, bits_ref, bits_sci, config, dtype, loop
     )
     return _list_fit(coefficients, basis, images, matched, scalars, n)
 

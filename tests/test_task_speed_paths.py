@@ -134,6 +134,32 @@ def test_match_list_equals_match_on_the_stack(rng, name):
         np.testing.assert_allclose(model.evaluate(y, x), expected.model[k].evaluate(y, x))
 
 
+def test_match_list_loop_and_stacked_programs_agree(rng, monkeypatch):
+    """On the CPU the list is fitted by a loop over its exposures (no stacked copy);
+    other backends stack it and vectorise. Both give the same fit (float64: to the
+    rounding of a differently compiled sum)."""
+    import jaxmatch._taskpath as taskpath
+
+    ref, scis = _exposures(rng)
+    scis[1] = Exposure(np.full(scis[1].image.shape, np.nan))  # a failed fit among them
+    config = CONFIGS["akima-mean"]
+    assert jax.default_backend() in taskpath.LOOP_BACKENDS
+    looped = match_list(ref, scis, config)
+    monkeypatch.setattr(taskpath, "LOOP_BACKENDS", ())
+    stacked = match_list(ref, scis, config)
+    np.testing.assert_array_equal(looped.status, stacked.status)
+    assert looped.status[1] != 0 and looped.status[0] == looped.status[2] == 0
+    for field in ("fitRMS", "matchedMSE", "diffImVar"):
+        np.testing.assert_allclose(getattr(looped, field), getattr(stacked, field), rtol=1e-10)
+    for k in range(3):
+        np.testing.assert_allclose(
+            looped.models[k].coefficients, stacked.models[k].coefficients, rtol=1e-10, atol=1e-10
+        )
+        images = looped.models[k].getImage(), stacked.models[k].getImage()
+        np.testing.assert_allclose(*images, **SAME64)
+        np.testing.assert_allclose(looped.matched[k], stacked.matched[k], **SAME64)
+
+
 def test_match_list_float32_and_increase_nxnysample(rng):
     ref, scis = _exposures(rng, dtype=np.float32)
     config = CONFIGS["akima-mean"]
