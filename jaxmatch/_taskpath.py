@@ -22,7 +22,6 @@ from typing import NamedTuple
 import equinox as eqx
 import jax
 import jax.core
-import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
@@ -96,8 +95,7 @@ def _match_list_program(reference, exposures, hyper, bits_ref, bits_sci, config,
     if loop:
         science = [_cast_planes(e, dtype) for e in exposures]
     else:
-        science = jax.tree.map(lambda *planes: jnp.stack(planes), *exposures)
-        science = _cast_planes(science, dtype)
+        science = _cast_planes(stack_exposures(exposures), dtype)
     result = match_batch(
         reference, science, hyper, bits_ref, bits_sci, config, config.binSize, True
     )
