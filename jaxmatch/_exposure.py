@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
@@ -56,9 +57,11 @@ class Exposure(eqx.Module):
     mask_planes: tuple[tuple[str, int], ...] = eqx.field(static=True)
 
     def __init__(self, image, mask=None, variance=None, *, mask_planes=None):
-        # Non-native byte order (astropy's big-endian FITS data): converted once, here.
-        image, mask, variance = _native(image), _native(mask), _native(variance)
-        image = jnp.asarray(image)
+        # NumPy planes are copied once into JAX's memory (`_owned_array`); the
+        # exposure never shares the caller's buffers.
+        image = _owned_array(image)
+        mask = None if mask is None else _owned_array(mask)
+        variance = None if variance is None else _owned_array(variance)
         if image.ndim < 2:
             raise ValueError(f"image must be at least 2-D (H, W), got shape {image.shape}")
         if 0 in image.shape[-2:]:
@@ -72,7 +75,6 @@ class Exposure(eqx.Module):
         if mask is None:
             mask = jnp.zeros(image.shape, dtype=jnp.int32)
         else:
-            mask = jnp.asarray(mask)
             if not jnp.issubdtype(mask.dtype, jnp.integer):
                 raise TypeError(f"mask must be an integer bit-plane array, got dtype {mask.dtype}")
             if mask.shape != image.shape:
@@ -81,7 +83,6 @@ class Exposure(eqx.Module):
         if variance is None:
             variance = estimate_variance(image, mask)
         else:
-            variance = jnp.asarray(variance)
             if not jnp.issubdtype(variance.dtype, jnp.floating):
                 variance = variance.astype(image.dtype)
             if variance.shape != image.shape:
@@ -145,11 +146,48 @@ class Exposure(eqx.Module):
         )
 
 
-def _native(array):
-    """A NumPy array in native byte order (anything else unchanged)."""
-    if isinstance(array, np.ndarray) and not array.dtype.isnative:
-        return array.astype(array.dtype.newbyteorder("="))
-    return array
+def _owned_array(array) -> Array:
+    """``array`` as a JAX array that shares no memory with the caller.
+
+    A NumPy array is copied once, straight into JAX's memory: ``jax.device_put``
+    copies about twice as fast as ``jnp.asarray`` on the CPU (16 × 1024² float32
+    planes: 0.45 against 0.8 ms each). ``device_put`` *aliases* a suitably aligned
+    array instead of copying it; such an array is copied once more (into a NumPy copy
+    of our own, which JAX may alias), so that later writes to the caller's array
+    never reach the exposure. Non-native byte order
+    (astropy's big-endian FITS data) is swapped in the same copy, into a buffer of
+    our own that JAX may then alias. Anything else goes through ``jnp.asarray``.
+    """
+    if not isinstance(array, np.ndarray):
+        return jnp.asarray(array)
+    if not array.dtype.isnative:
+        swapped = _aligned_empty(array.shape, array.dtype.newbyteorder("="))
+        np.copyto(swapped, array)
+        return jax.device_put(swapped)
+    out = jax.device_put(array)
+    if array.size and _shares_memory(out, array):
+        out = jax.device_put(np.array(array, copy=True))  # a copy of our own may be aliased
+    return out
+
+
+#: Alignment [bytes] at which JAX's CPU client may alias a NumPy buffer.
+_ALIGNMENT = 64
+
+
+def _aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialised C-contiguous NumPy array whose data starts `_ALIGNMENT`-aligned."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    raw = np.empty(nbytes + _ALIGNMENT, np.uint8)
+    start = (-raw.ctypes.data) % _ALIGNMENT
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def _shares_memory(out, array: np.ndarray) -> bool:
+    """Whether the JAX array ``out`` is a view of ``array``'s buffer."""
+    try:
+        return out.unsafe_buffer_pointer() == array.ctypes.data
+    except Exception:  # a backend without host pointers never aliases host memory
+        return False
 
 
 def from_planes(image, mask, variance, mask_planes) -> Exposure:

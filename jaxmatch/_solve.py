@@ -64,10 +64,14 @@ def solve_least_squares(
     aug = jnp.concatenate([aug, jnp.zeros((1, k + 1), design.dtype).at[0, k].set(1)])
     r_aug = jnp.linalg.qr(aug, mode="r")
     r, qtb = r_aug[:k, :k], r_aug[:k, k]
+    coef = jsl.solve_triangular(r, qtb, lower=False) * act
     if not with_covariance:
-        return jsl.solve_triangular(r, qtb, lower=False) * act
-    r_inv = jsl.solve_triangular(r, jnp.eye(k, dtype=design.dtype), lower=False)
-    coef = (r_inv @ qtb) * act
+        return coef
+    # R⁻¹ only for Σ (a caller that drops Σ drops its cost: the inverse and the
+    # K × K product are most of the solve's time), after the coefficients' solve:
+    # the barrier makes the two solves run one after the other, never side by side.
+    r_after, _ = jax.lax.optimization_barrier((r, coef))
+    r_inv = jsl.solve_triangular(r_after, jnp.eye(k, dtype=design.dtype), lower=False)
     return coef, (r_inv @ r_inv.T) * act[:, None] * act[None, :]
 
 

@@ -7,10 +7,11 @@ built on its own). Stacking them into an ``(N, H, W)`` batch before calling
 evaluating each returned model afterwards (``getImage()``) would compute every
 model image a second time. Here the list goes into one compiled program that
 fits it as `match` fits a batch (on the CPU one exposure per step of a compiled
-loop, `match_batch` given the list, so that no stacked copy is written; elsewhere stacked
+loop, `match_sequence`, so that no stacked copy is written; elsewhere stacked
 inside the program and vectorised, `LOOP_BACKENDS`) and returns, per exposure,
 its own buffers: the model image and the matched image, both computed in the
-pass that forms ``sci + model``. The diagnostics come back to the host once, as
+pass that forms ``sci + model`` (on the CPU each straight into a buffer of its
+own, no stacked output to split). The diagnostics come back to the host once, as
 NumPy arrays.
 """
 
@@ -32,7 +33,7 @@ from ._evaluate import grid_image
 from ._exposure import Exposure, check_stackable, stack_exposures
 from ._fit import hyperparameters
 from ._maskbits import traced_mask_bits, with_canonical_planes
-from ._match import match, match_batch
+from ._match import match, match_batch, match_sequence
 from ._model import BackgroundModel
 from ._plan import plan_fit
 
@@ -79,23 +80,30 @@ class ListFit(NamedTuple):
 _SCALARS = ("status", "fitRMS", "matchedMSE", "diffImVar")
 
 
-#: Backends on which `match_batch` fits the list by a loop over its exposures rather
-#: than stacked and vectorised: on the CPU the stacked copy costs more than the loop
-#: (see `match_batch`); on an accelerator the loop would fit one exposure at a time.
+#: Backends on which the list is fitted by a loop over its exposures
+#: (`match_sequence`) rather than stacked and vectorised (`match_batch`): on the CPU
+#: the stacked copy costs more than the loop; on an accelerator the loop would fit
+#: one exposure at a time.
 LOOP_BACKENDS = ("cpu",)
 
 
 @filter_jit
 def _match_list_program(reference, exposures, hyper, bits_ref, bits_sci, config, dtype, loop):
-    """Cast and match (``loop``: one exposure per step; else stacked and vectorised);
-    the model and matched images ``(N, H, W)`` and the diagnostics. The matched
+    """Cast and match (``loop``: `match_sequence`, one exposure per step; else stacked
+    and vectorised); the coefficients, the model and matched images (``loop``: a
+    tuple of N images each; else ``(N, H, W)``) and the diagnostics. The matched
     images are in the exposures' own dtype."""
     out_dtype = exposures[0].image.dtype
     reference = _cast_planes(reference, dtype)
     if loop:
         science = [_cast_planes(e, dtype) for e in exposures]
-    else:
-        science = _cast_planes(stack_exposures(exposures), dtype)
+        fit = match_sequence(reference, science, hyper, bits_ref, bits_sci, config, config.binSize)
+        scalars = {name: getattr(fit, name) for name in _SCALARS}
+        matched = tuple(m.astype(out_dtype) for m in fit.matched)
+        basis = plan_fit(config, reference.image.shape, config.binSize).basis
+        coefficients = tuple(fit.coefficients[k] for k in range(len(exposures)))
+        return coefficients, fit.model_images, matched, scalars, basis
+    science = _cast_planes(stack_exposures(exposures), dtype)
     result = match_batch(
         reference, science, hyper, bits_ref, bits_sci, config, config.binSize, True
     )
@@ -114,6 +122,11 @@ def batch_item(batch: Array, k: int) -> Array:
     if isinstance(batch, jax.core.Tracer) or _platform(batch) != "cpu":
         return batch[k]
     return jax.device_put(np.asarray(batch)[k])
+
+
+def _item(arrays: Array | tuple[Array, ...], k: int) -> Array:
+    """Item ``k`` of a batch ``(N, ...)`` (`batch_item`) or of a tuple of N arrays."""
+    return arrays[k] if isinstance(arrays, tuple) else batch_item(arrays, k)
 
 
 def _platform(array: Array) -> str:
@@ -211,11 +224,11 @@ def _list_fit(coefficients, basis, images, matched, scalars, n=None) -> ListFit:
     """Split batched results per exposure (views, not copies, on the CPU); the first
     ``n`` (default: all)."""
     host = jax.device_get(scalars)
-    n = coefficients.shape[0] if n is None else n
+    n = len(coefficients) if n is None else n
     models = [
-        EvaluatedModel(batch_item(coefficients, k), basis, batch_item(images, k)) for k in range(n)
+        EvaluatedModel(_item(coefficients, k), basis, _item(images, k)) for k in range(n)
     ]
-    matched = [batch_item(matched, k) for k in range(n)]
+    matched = [_item(matched, k) for k in range(n)]
     return ListFit(models, matched, *(np.asarray(host[name])[:n] for name in _SCALARS))
 
 

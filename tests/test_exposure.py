@@ -378,3 +378,31 @@ def test_big_endian_arrays_are_accepted_everywhere():
     config = jm.MatchBackgroundsConfig(binSize=16, usePolynomial=True, order=0)
     out = jm.match(exp, batch, config)
     np.testing.assert_allclose(np.asarray(out.model.getImage()), -3.0, atol=1e-4)
+
+
+def _placed(values: np.ndarray, offset: int) -> np.ndarray:
+    """A copy of ``values`` whose data starts ``offset`` bytes past a 64-byte boundary."""
+    buf = np.zeros(values.nbytes + 128, np.uint8)
+    begin = (-buf.ctypes.data) % 64 + offset
+    placed = buf[begin : begin + values.nbytes].view(values.dtype).reshape(values.shape)
+    placed[...] = values
+    assert placed.ctypes.data % 64 == offset
+    return placed
+
+
+@pytest.mark.parametrize("offset", [0, 4, 16])
+@pytest.mark.parametrize("dtype", ["<f4", ">f4", "<f8"])
+def test_exposure_never_shares_the_callers_memory(offset, dtype):
+    """NumPy planes are copied into JAX's memory once (`jax.device_put`, which
+    would alias an array whose data is 64-byte aligned): whatever the alignment and
+    byte order, writing to the caller's arrays afterwards changes nothing."""
+    values = (np.arange(40 * 48).reshape(40, 48) % 7 + 1).astype(dtype)
+    image, variance = _placed(values, offset), _placed(values, offset)
+    mask = _placed(values.astype(np.int32), offset)
+    exp = Exposure(image, mask, variance)
+    for plane in (image, mask, variance):
+        plane[...] = 0
+    for name in ("image", "mask", "variance"):
+        np.testing.assert_array_equal(
+            np.asarray(getattr(exp, name)), values.astype(getattr(exp, name).dtype), err_msg=name
+        )

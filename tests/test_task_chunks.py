@@ -77,18 +77,18 @@ def test_chunked_run_equals_one_call_and_compiles_once(rng, caplog, monkeypatch,
     one, said_one = _run(task, exposures, caplog, None)
 
     calls, traces = [], []
-    real_match_list, real_match_batch = task_module.match_list, taskpath.match_batch
+    real_match_list, real_match_sequence = task_module.match_list, taskpath.match_sequence
 
     def spy_list(reference, group, config, **kwargs):
         calls.append((len(group), kwargs["pad_to"]))
         return real_match_list(reference, group, config, **kwargs)
 
-    def spy_batch(*args):
+    def spy_sequence(*args):
         traces.append(len(args[1]))  # runs only when the program is traced
-        return real_match_batch(*args)
+        return real_match_sequence(*args)
 
     monkeypatch.setattr(task_module, "match_list", spy_list)
-    monkeypatch.setattr(taskpath, "match_batch", spy_batch)
+    monkeypatch.setattr(taskpath, "match_sequence", spy_sequence)
     chunked, said_chunked = _run(task, exposures, caplog, 3)
     # 7 science exposures, at most 3 per call: 3 calls balanced to 3, 3, 1 → padded to 3
     assert calls == [(3, 3), (3, 3), (1, 3)]
