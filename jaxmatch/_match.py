@@ -154,7 +154,8 @@ def match_one(
     coef = jnp.where(ok, coef, jnp.nan)
 
     # Model image (separable) and diagnostics (§7, §8).
-    matched, model = apply_model(sci.image, coef, basis)
+    model = model_image(coef, basis, dtype)
+    matched = matched_image(sci.image, model, coef)
     if plan.diagnostic_grid_is_fit_grid:
         z_diag, valid_diag = grid.value, valid
     else:
@@ -197,17 +198,21 @@ def match_one(
     )
 
 
-def apply_model(
-    image: Float[Array, "H W"], coef: Float[Array, "ky kx"], basis: AbstractBasis
-) -> tuple[Float[Array, "H W"], Float[Array, "H W"]]:
-    """``(matched, model)``: the model image of ``coef`` on every pixel and
-    ``image + model``; ``image`` unchanged where the fit failed (``coef`` NaN)."""
+def model_image(
+    coef: Float[Array, "ky kx"], basis: AbstractBasis, dtype: Any
+) -> Float[Array, "H W"]:
+    """The model of ``coef`` on every pixel of ``basis.shape``."""
     h, w = basis.shape
-    dtype = image.dtype
     # NumPy pixel grids: the basis matrices are then constants of the compiled program.
-    model = basis.evaluate(coef, np.arange(h, dtype=dtype), np.arange(w, dtype=dtype))
+    return basis.evaluate(coef, np.arange(h, dtype=dtype), np.arange(w, dtype=dtype))
+
+
+def matched_image(
+    image: Float[Array, "H W"], model: Float[Array, "H W"], coef: Float[Array, "ky kx"]
+) -> Float[Array, "H W"]:
+    """``image + model``; ``image`` unchanged where the fit failed (``coef`` NaN)."""
     ok = jnp.all(jnp.isfinite(coef))
-    return jnp.where(ok, image + jnp.where(ok, model, 0), image), model
+    return jnp.where(ok, image + jnp.where(ok, model, 0), image)
 
 
 @filter_jit
@@ -242,7 +247,7 @@ class SequenceMatch(NamedTuple):
     matchedMSE: Float[Array, " N"]
     diffImVar: Float[Array, " N"]
     matched: tuple[Float[Array, "H W"], ...]
-    model_images: tuple[Float[Array, "H W"], ...]
+    model_images: Float[Array, "N H W"]
 
 
 @filter_jit
@@ -257,19 +262,22 @@ def match_sequence(
 ) -> SequenceMatch:
     """`match_batch` of N separate exposures ``(H, W)`` without stacking them: a
     compiled loop fits one exposure per step (picked from the sequence by
-    ``lax.switch``), and each exposure's model and matched images are then written
-    from its coefficients (`apply_model`) into buffers of their own. The same fit as
-    `match_batch` up to summation order.
+    ``lax.switch``); after it, the model images are written from the coefficients
+    (one vectorised program, ``(N, H, W)``) and each matched image into a buffer of
+    its own. The same fit as `match_batch` up to summation order.
 
     Stacking the sequence inside a program first writes a fresh ``(N, H, W)`` copy of
     every plane (on the CPU most of its cost is the first touch of new pages); the
     loop copies one exposure at a time into a buffer it reuses. The images are not
     outputs of the loop: XLA fills a loop's stacked outputs with zeros before it
     starts, a single-threaded write of every image, and then copies each step's
-    image into place (single-threaded: 23 ms of the program's 150 ms below). 16 ×
-    1024² float32 on 2 CPU cores, the task's list program (LSST defaults): stacked
-    and vectorised 217–238 ms; looped with the images in the loop 142–152 ms; looped,
-    the images after the loop 131 ms.
+    image into place (single-threaded: 23 ms of the program's 150 ms below). Each
+    model image written with its matched image in one per-exposure program would be
+    ~15 ms faster still, but compiles N copies of the evaluation (LSST defaults: the
+    first call 3.9 → 5.4 s). 16 × 1024² float32 on 2 CPU cores, the task's list
+    program (LSST defaults, NATURAL_SPLINE, MEDIAN): stacked and vectorised
+    217–238 ms; looped with the images in the loop 142–207 ms; looped, the images
+    after it 103–154 ms.
     """
     plan = plan_fit(config, ref.image.shape, bin_size)
     branches = [lambda e=e: e for e in sci]
@@ -283,12 +291,11 @@ def match_sequence(
         return carry, kept
 
     _, fitted = jax.lax.scan(step, None, jnp.arange(len(sci)))
-    images = [apply_model(s.image, fitted[0][k], plan.basis) for k, s in enumerate(sci)]
-    return SequenceMatch(
-        *fitted,
-        matched=tuple(matched for matched, _ in images),
-        model_images=tuple(model for _, model in images),
-    )
+    coefficients = fitted[0]
+    dtype = coefficients.dtype
+    models = jax.vmap(lambda c: model_image(c, plan.basis, dtype))(coefficients)
+    matched = tuple(matched_image(s.image, models[k], coefficients[k]) for k, s in enumerate(sci))
+    return SequenceMatch(*fitted, matched=matched, model_images=models)
 
 
 # The Python edge validates its arguments itself, with messages that name the fix

@@ -10,8 +10,9 @@ fits it as `match` fits a batch (on the CPU one exposure per step of a compiled
 loop, `match_sequence`, so that no stacked copy is written; elsewhere stacked
 inside the program and vectorised, `LOOP_BACKENDS`) and returns, per exposure,
 its own buffers: the model image and the matched image, both computed in the
-pass that forms ``sci + model`` (on the CPU each straight into a buffer of its
-own, no stacked output to split). The diagnostics come back to the host once, as
+pass that forms ``sci + model`` (on the CPU the matched images each straight
+into a buffer of its own, the model images as one ``(N, H, W)`` batch split into
+views). The diagnostics come back to the host once, as
 NumPy arrays.
 """
 
