@@ -15,8 +15,9 @@ outside the knots the end intervals' cubics continue (as SciPy's
 ``(f, d)``, so with the Hermite matrices ``V`` (values) and ``D`` (derivatives)
 of the query points the evaluation is ``V f + D d``: two matrix products, as for
 the linear bases, with only the ``d`` computed per row. On pixel coordinates known
-at trace time (the model image) the x direction is evaluated run by run instead:
-each run of pixels in one knot interval is the Hermite cubic of its two knots.
+at trace time (the model image) the x direction is evaluated block by block or
+run by run instead: each block (run) of pixels in one knot interval is the Hermite
+cubic of its two knots.
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ def akima_grid(
     columns = vy @ coefficients + dy @ akima_derivatives(knots_y, coefficients)  # (ny, kx)
     slopes = akima_derivatives(knots_x, columns.T).T  # (ny, kx)
     if isinstance(x, np.ndarray) and x.ndim == 1 and x.size > 0:
+        block = _common_block(x, knots_x)
+        if block >= MIN_BLOCK:
+            return _hermite_by_blocks(columns, slopes, x, knots_x, block)
         runs = _interval_runs(x, knots_x)
         if len(runs) <= MAX_RUNS:
             return _hermite_by_runs(columns, slopes, x, knots_x, runs)
@@ -102,6 +106,9 @@ def akima_grid(
     left = jnp.concatenate([columns, slopes], axis=1)
     return outer_sum(left, jnp.concatenate([vx, dx], axis=1))
 
+
+#: Blocks of at least this many pixels (`_common_block`) are evaluated block by block.
+MIN_BLOCK = 8
 
 #: At most this many runs of pixels in one knot interval are evaluated run by run
 #: (`_hermite_by_runs`); more (unsorted coordinates) use the dense matrices.
@@ -116,6 +123,39 @@ def _interval_runs(x: np.ndarray, t: np.ndarray) -> list[tuple[int, int, int]]:
     starts = np.concatenate([[0], edges]).astype(int)
     stops = np.concatenate([edges, [len(x)]]).astype(int)
     return [(int(b), int(e), int(a[b])) for b, e in zip(starts, stops)]
+
+
+def _common_block(x: np.ndarray, t: np.ndarray) -> int:
+    """The largest ``b`` dividing ``len(x)`` such that every block ``x[i b:(i+1) b]``
+    lies in one knot interval (the gcd of ``len(x)`` and the runs' starts; 1 when
+    there is none larger). Equal cells of an even size ``c`` give ``b = c / 2``."""
+    starts = np.flatnonzero(np.diff(_interval_of(t, x, np))) + 1
+    return int(np.gcd.reduce(np.concatenate([[len(x)], starts]).astype(np.int64)))
+
+
+def _hermite_by_blocks(
+    columns: Float[Array, "ny k"],
+    slopes: Float[Array, "ny k"],
+    x: np.ndarray,
+    t: np.ndarray,
+    block: int,
+) -> Float[Array, "ny nx"]:
+    """`_hermite_by_runs` when every block of ``block`` pixels lies in one interval:
+    the image is ``(ny, nx / block, block)``, each block the Hermite cubic of its
+    interval's two knots with NumPy weights ``(nx / block, block)``, reshaped to
+    ``(ny, nx)``. One elementwise expression, 4 multiply-adds per pixel, which XLA
+    fuses into the image's consumers; the runs' pieces and their concatenation are
+    written to memory when the image has more than one consumer (16 × 1024² float32,
+    ``sci + M`` and a sum over ``M``: 35 ms by blocks, 58 ms by runs)."""
+    columns, slopes = lax.optimization_barrier((columns, slopes))
+    dtype = columns.dtype
+    xb = x.reshape(-1, block).astype(np.float64)
+    a = _interval_of(t, xb[:, 0], np)
+    h = (t[a + 1] - t[a])[:, None]
+    weights = _hermite_weights((xb - t[a][:, None]) / h, h)
+    values = (columns[:, a], columns[:, a + 1], slopes[:, a], slopes[:, a + 1])
+    image = sum(v[:, :, None] * jnp.asarray(w, dtype)[None] for v, w in zip(values, weights))
+    return image.reshape(columns.shape[0], len(x))
 
 
 def _hermite_by_runs(

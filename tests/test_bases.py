@@ -311,6 +311,31 @@ def test_akima_run_by_run_evaluation_equals_the_dense_hermite_form():
         )
 
 
+@pytest.mark.parametrize("cells", [(6, 16), (5, 20), (7, 15)])
+def test_akima_block_by_block_evaluation_equals_runs_and_dense(cells, monkeypatch):
+    """Equal cells of an even size put every half-cell block of pixels in one knot
+    interval: the pixel grid is then evaluated block by block (one elementwise
+    expression, `_akima._hermite_by_blocks`), equal to the run-by-run and the dense
+    Hermite forms; odd cells (no common block of `MIN_BLOCK` pixels) take the runs."""
+    import jaxmatch._akima as akima
+
+    n, size = cells
+    width = n * size
+    knots = np.arange(n) * size + size / 2 - 0.5  # the fit grid's cell centres
+    xs = np.arange(width, dtype=np.float64)
+    block = akima._common_block(xs, knots)
+    assert block == (size // 2 if size % 2 == 0 else 1)
+    c = jnp.asarray(np.random.default_rng(n).normal(size=(n, n)))
+    ys = np.arange(width, dtype=np.float64)
+    image = np.asarray(akima.akima_grid(c, knots, knots, ys, xs))
+    traced = jax.jit(lambda c, y, x: akima.akima_grid(c, knots, knots, y, x))
+    dense = np.asarray(traced(c, jnp.asarray(ys), jnp.asarray(xs)))
+    np.testing.assert_allclose(image, dense, **TOL["float64", "akima"])
+    monkeypatch.setattr(akima, "MIN_BLOCK", width + 1)  # force the runs
+    runs = np.asarray(akima.akima_grid(c, knots, knots, ys, xs))
+    np.testing.assert_allclose(image, runs, **TOL["float64", "akima"])
+
+
 @pytest.mark.parametrize("kind", ["CHEBYSHEV", "NATURAL_SPLINE", "AKIMA_SPLINE"])
 def test_batched_model_jit_and_vmap(kind):
     # The singles reuse the compilations of test_model_equals_dense_product (same
