@@ -154,7 +154,8 @@ def _hermite_by_blocks(
     h = (t[a + 1] - t[a])[:, None]
     weights = _hermite_weights((xb - t[a][:, None]) / h, h)
     values = (columns[:, a], columns[:, a + 1], slopes[:, a], slopes[:, a + 1])
-    image = sum(v[:, :, None] * jnp.asarray(w, dtype)[None] for v, w in zip(values, weights))
+    terms = [v[:, :, None] * jnp.asarray(w, dtype)[None] for v, w in zip(values, weights)]
+    image = terms[0] + terms[1] + terms[2] + terms[3]
     return image.reshape(columns.shape[0], len(x))
 
 
