@@ -19,17 +19,17 @@ NumPy arrays.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.core
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 from ._batch import working_dtype
 from ._compile import filter_jit
-from ._custom_types import checks_own_arguments
+from ._custom_types import AnyArray, checks_own_arguments
 from ._evaluate import grid_image
 from ._exposure import Exposure, check_stackable, stack_exposures
 from ._fit import hyperparameters
@@ -78,7 +78,18 @@ class ListFit(NamedTuple):
     diffImVar: np.ndarray
 
 
-_SCALARS = ("status", "fitRMS", "matchedMSE", "diffImVar")
+class Diagnostics(NamedTuple):
+    """The per-exposure scalars of a list fit, ``(N,)`` each (device or host arrays)."""
+
+    status: Int[AnyArray, " N"]
+    fitRMS: Float[AnyArray, " N"]
+    matchedMSE: Float[AnyArray, " N"]
+    diffImVar: Float[AnyArray, " N"]
+
+    @classmethod
+    def of(cls, result: Any) -> Diagnostics:
+        """The four fields of a `MatchResult` or `SequenceMatch`."""
+        return cls(*(getattr(result, name) for name in cls._fields))
 
 
 #: Backends on which the list is fitted by a loop over its exposures
@@ -99,7 +110,7 @@ def _match_list_program(reference, exposures, hyper, bits_ref, bits_sci, config,
     if loop:
         science = [_cast_planes(e, dtype) for e in exposures]
         fit = match_sequence(reference, science, hyper, bits_ref, bits_sci, config, config.binSize)
-        scalars = {name: getattr(fit, name) for name in _SCALARS}
+        scalars = Diagnostics.of(fit)
         matched = tuple(m.astype(out_dtype) for m in fit.matched)
         basis = plan_fit(config, reference.image.shape, config.binSize).basis
         coefficients = tuple(fit.coefficients[k] for k in range(len(exposures)))
@@ -108,7 +119,7 @@ def _match_list_program(reference, exposures, hyper, bits_ref, bits_sci, config,
     result = match_batch(
         reference, science, hyper, bits_ref, bits_sci, config, config.binSize, True
     )
-    scalars = {name: getattr(result, name) for name in _SCALARS}
+    scalars = Diagnostics.of(result)
     matched = result.matched.astype(out_dtype)
     return result.model.coefficients, result.model_image, matched, scalars, result.model.basis
 
@@ -224,19 +235,19 @@ def match_list(
 def _list_fit(coefficients, basis, images, matched, scalars, n=None) -> ListFit:
     """Split batched results per exposure (views, not copies, on the CPU); the first
     ``n`` (default: all)."""
-    host = jax.device_get(scalars)
+    host = Diagnostics(*jax.device_get(tuple(scalars)))
     n = len(coefficients) if n is None else n
     models = [
         EvaluatedModel(_item(coefficients, k), basis, _item(images, k)) for k in range(n)
     ]
     matched = [_item(matched, k) for k in range(n)]
-    return ListFit(models, matched, *(np.asarray(host[name])[:n] for name in _SCALARS))
+    return ListFit(models, matched, *(np.asarray(values)[:n] for values in host))
 
 
 def _first(fit: ListFit, n: int) -> ListFit:
     """The first ``n`` exposures of a `ListFit`."""
     return ListFit(
-        fit.models[:n], fit.matched[:n], *(getattr(fit, name)[:n] for name in _SCALARS)
+        fit.models[:n], fit.matched[:n], *(getattr(fit, name)[:n] for name in Diagnostics._fields)
     )
 
 
@@ -256,5 +267,5 @@ def _via_match(reference, exposures, config, roughness) -> ListFit:
     )
     images = grid_image(result.model.coefficients, result.model.basis)
     matched = result.matched.astype(exposures[0].image.dtype)
-    scalars = {name: getattr(result, name) for name in _SCALARS}
+    scalars = Diagnostics.of(result)
     return _list_fit(result.model.coefficients, result.model.basis, images, matched, scalars)
