@@ -199,7 +199,8 @@ def _clipped_moments(streams, axes, num_sigma_clip, num_iter):
     """Mean/std statistics of several data streams sharing one pass per iteration.
 
     Each stream is ``(deviation, clip, pooled, sharpness)``: ``deviation(c)`` gives
-    ``x - c`` for a centre ``c`` (broadcast against ``x``), NaN where unusable;
+    ``(x - c, usable)`` for a centre ``c`` (broadcast against ``x``; ``x - c`` may be
+    anything where not usable, and ``usable`` must depend on ``c`` too, see below);
     whether to sigma-clip (MEANCLIP); whether to pool the statistic over *all* axes
     (one number) rather than reduce over ``axes`` only; the soft-clip sharpness β
     (None: the hard clip). All streams have the same shape. Returns
@@ -233,8 +234,7 @@ def _clipped_moments(streams, axes, num_sigma_clip, num_iter):
             ok_s = s > 0
             centre = keep_dims(jnp.where(ok_s, value, 0.0), pooled)
             scale = keep_dims(jnp.where(ok_s, s, 1.0), pooled)
-            d = deviation(centre)
-            use = ~jnp.isnan(d)
+            d, use = deviation(centre)
             d = jnp.where(use, d, 0)  # double-where: no NaN in the sums or derivatives
             if sharpness is None:
                 t = use & (first | (jnp.abs(d) <= num_sigma_clip * scale))
@@ -265,9 +265,8 @@ def _clipped_moments(streams, axes, num_sigma_clip, num_iter):
     def start(k):
         """Before iteration 0: value = the rough centre (the shift), s = 1."""
         deviation, _, pooled, _ = streams[k]
-        coded = deviation(0.0)  # the values themselves
-        use = ~jnp.isnan(coded)
-        x, w = jnp.where(use, coded, 0), use.astype(coded.dtype)
+        values, use = deviation(0.0)  # the values themselves
+        x, w = jnp.where(use, values, 0), use.astype(values.dtype)
         centre = _rough_centre(x, w, axes, functools.partial(fold, pooled=pooled))
         one, zero = jnp.ones_like(centre), jnp.zeros_like(centre)
         return (centre, one, zero, zero)
@@ -343,7 +342,12 @@ def _statistics_with_pooled(
     deviation function ``pooled`` (see `_clipped_moments`), sharing the data passes."""
     if statistic not in ("MEAN", "MEDIAN", "MEANCLIP"):
         raise ValueError(f"unknown gridStatistic {statistic!r}")
-    streams = [(lambda c: coded - c, statistic == "MEANCLIP", False, clip_sharpness)]
+
+    def grid_deviation(c):
+        d = coded - c
+        return d, ~jnp.isnan(d)  # from d, not `coded`: see `_clipped_moments`
+
+    streams = [(grid_deviation, statistic == "MEANCLIP", False, clip_sharpness)]
     if pooled is not None:
         streams.append((pooled, True, True, None))
     out = _clipped_moments(streams, axes, num_sigma_clip, num_iter)
@@ -538,7 +542,9 @@ def grid_statistics(
                 use = ~jnp.isnan(cells - c)
             else:
                 use = use_cells
-            return jnp.where(use & jnp.isfinite(d), d, jnp.nan)
+            # The mask directly, not NaN-coded and decoded again in the pass: 2 fewer
+            # operations per pixel (16 × 2048² NATURAL_SPLINE: 408–442 → 376–385 ms).
+            return d, use & jnp.isfinite(d)
 
     out = _statistics_with_pooled(
         cells, (1, 3), statistic, num_sigma_clip, num_iter, clip_sharpness, deviation
