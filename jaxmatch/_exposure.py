@@ -154,9 +154,9 @@ def _owned_array(array) -> Array:
     planes: 0.45 against 0.8 ms each). ``device_put`` *aliases* a suitably aligned
     array instead of copying it; such an array is copied once more (into a NumPy copy
     of our own, which JAX may alias), so that later writes to the caller's array
-    never reach the exposure. Non-native byte order
-    (astropy's big-endian FITS data) is swapped in the same copy, into a buffer of
-    our own that JAX may then alias. Anything else goes through ``jnp.asarray``.
+    never reach the exposure. Non-native byte order (astropy's big-endian FITS data)
+    is swapped in the same copy, into a buffer of our own that JAX may then alias.
+    Anything else goes through ``jnp.asarray``.
     """
     if not isinstance(array, np.ndarray):
         return jnp.asarray(array)

@@ -239,7 +239,7 @@ def match_batch(
 
 class SequenceMatch(NamedTuple):
     """`match_sequence`'s result for N exposures given as a sequence: the batch axis
-    ``(N, ...)`` on the arrays, one image per exposure in the tuples."""
+    ``(N, ...)`` on the arrays, one matched image per exposure in ``matched``."""
 
     coefficients: Float[Array, "N ky kx"]
     status: Int[Array, " N"]

@@ -12,8 +12,7 @@ inside the program and vectorised, `LOOP_BACKENDS`) and returns, per exposure,
 its own buffers: the model image and the matched image, both computed in the
 pass that forms ``sci + model`` (on the CPU the matched images each straight
 into a buffer of its own, the model images as one ``(N, H, W)`` batch split into
-views). The diagnostics come back to the host once, as
-NumPy arrays.
+views). The diagnostics come back to the host once, as NumPy arrays.
 """
 
 from __future__ import annotations
@@ -102,9 +101,9 @@ LOOP_BACKENDS = ("cpu",)
 @filter_jit
 def _match_list_program(reference, exposures, hyper, bits_ref, bits_sci, config, dtype, loop):
     """Cast and match (``loop``: `match_sequence`, one exposure per step; else stacked
-    and vectorised); the coefficients, the model and matched images (``loop``: a
-    tuple of N images each; else ``(N, H, W)``) and the diagnostics. The matched
-    images are in the exposures' own dtype."""
+    and vectorised); the coefficients (``loop``: a tuple of N), the model images
+    ``(N, H, W)``, the matched images (``loop``: a tuple of N; else ``(N, H, W)``), in
+    the exposures' own dtype, and the diagnostics."""
     out_dtype = exposures[0].image.dtype
     reference = _cast_planes(reference, dtype)
     if loop:
@@ -235,7 +234,7 @@ def match_list(
 def _list_fit(coefficients, basis, images, matched, scalars, n=None) -> ListFit:
     """Split batched results per exposure (views, not copies, on the CPU); the first
     ``n`` (default: all)."""
-    host = Diagnostics(*jax.device_get(tuple(scalars)))
+    host = jax.device_get(scalars)
     n = len(coefficients) if n is None else n
     models = [
         EvaluatedModel(_item(coefficients, k), basis, _item(images, k)) for k in range(n)
