@@ -94,9 +94,12 @@ def machine_info():
 
 # ------------------------------------------------------------------------------ plan
 # The headline (`--headline`): LSST's defaults and the LSST-API workflow against the
-# photutils and SEP loops (N=16, 1024², float32), and the engine against the memory
-# floor at 16 × 2048² (LSST's defaults, NATURAL and AKIMA splines with MEANCLIP).
-# Each entry: (N, side, dtype, configs, extra worker flags).
+# photutils and SEP loops (N=16, 1024², float32), the same two with
+# `jaxmatch.retain_freed_memory()` (opt-in, process-wide: its own worker, started with
+# JAXMATCH_RETAIN_FREED_MEMORY=1; its rows' methods end in " (retained)"), and the
+# engine against the memory floor at 16 × 2048² (LSST's defaults, NATURAL and AKIMA
+# splines with MEANCLIP).
+# Each entry: (N, side, dtype, configs, extra worker flags, extra worker environment).
 HEADLINE = [
     (
         16,
@@ -110,6 +113,15 @@ HEADLINE = [
             "spline-natural-median",
         ],
         ["--workflow", "--skip-numpy"],
+        {},
+    ),
+    (
+        16,
+        1024,
+        "float32",
+        ["lsst-default", "lsst-default-meanclip"],
+        ["--workflow", "--skip-numpy", "--skip-photutils", "--skip-sep", "--no-xla-memory"],
+        {"JAXMATCH_RETAIN_FREED_MEMORY": "1"},
     ),
     (
         16,
@@ -117,15 +129,20 @@ HEADLINE = [
         "float32",
         ["lsst-default", "spline-natural", "spline-akima"],
         ["--skip-numpy", "--skip-photutils", "--skip-sep"],
+        {},
     ),
 ]
 
 
 def plan_cases(args):
-    """``[(n, side, dtype, [configs])]`` in run order."""
+    """``[(n, side, dtype, [configs], [worker flags], {worker environment})]`` in run
+    order."""
     selected = any(v is not None for v in (args.sizes, args.n, args.dtypes, args.configs))
     if args.headline:
-        return [case[:4] for case in HEADLINE]
+        return [
+            (n, side, dtype, list(cfgs), list(flags), dict(env))
+            for n, side, dtype, cfgs, flags, env in HEADLINE
+        ]
     if args.quick:
         sweeps = [
             dict(n=[1, 4], sizes=[512], dtypes=["float32"], configs=["spline-natural", "cheb6"])
@@ -160,7 +177,8 @@ def plan_cases(args):
         for dtype, side, n in itertools.product(sw["dtypes"], sw["sizes"], sw["n"]):
             cfgs = cases.setdefault((n, side, dtype), [])
             cfgs += [c for c in sw["configs"] if c not in cfgs]
-    return [(n, side, dtype, cfgs) for (n, side, dtype), cfgs in cases.items()]
+    flags = ["--workflow"] if args.workflow else []
+    return [(n, side, dtype, cfgs, flags, {}) for (n, side, dtype), cfgs in cases.items()]
 
 
 def skip_reason(n, side, dtype, args, mem_available):
@@ -192,7 +210,8 @@ def _mb(b):
 
 
 def format_row(r):
-    if r["method"] == "jaxmatch":
+    method = r["method"].removesuffix(" (retained)")
+    if method == "jaxmatch":
         if "xla_temp_bytes" in r:
             peak = (
                 f"{_mb(r['xla_temp_bytes'] + r['xla_output_bytes'])}x/{_mb(r['rss_peak_bytes'])}r"
@@ -204,16 +223,16 @@ def format_row(r):
             check += f", {r['gb_per_s']:.1f} GB/s"
             if r.get("peak_fraction") is not None:
                 check += f" = {100 * r['peak_fraction']:.0f} % of peak"
-    elif r["method"] == "lsst-api":
+    elif method == "lsst-api":
         peak = f"{_mb(r['rss_peak_bytes'])}r"
         check = (
             f"ok {r['status_ok']}/{r['n']}, truth rms {r['truth_rms']:.3f}, "
             f"|Δ| vs jax {r['max_abs_model_diff_vs_jaxmatch']:.1e}"
         )
-    elif r["method"] in ("numpy", "photutils", "sep"):
+    elif method in ("numpy", "photutils", "sep"):
         peak = f"{_mb(r['tracemalloc_peak_bytes'])}t/{_mb(r['rss_peak_bytes'])}r"
         check = f"ok {r['status_ok']}/{r['n']}, truth rms {r['truth_rms']:.3f}"
-        if r["method"] == "numpy":
+        if method == "numpy":
             check += f", |Δ| vs jax {r['max_abs_model_diff_vs_jaxmatch']:.1e}"
         else:
             check += f", rms Δ vs jax {r['rms_model_diff_vs_jaxmatch']:.2f}"
@@ -235,7 +254,9 @@ def table_rows(rows):
     out = []
     floors = [r for r in rows if r["method"].startswith("floor")]
     for cfg in dict.fromkeys(r["config"] for r in rows if r["config"] != "-"):
-        jx = next((r for r in rows if r["config"] == cfg and r["method"] == "jaxmatch"), None)
+        jx = next(
+            (r for r in rows if r["config"] == cfg and r["method"].startswith("jaxmatch")), None
+        )
         for r in rows:
             if r["config"] == cfg:
                 out.append(r)
@@ -282,6 +303,23 @@ def headline_summary(rows) -> list[str]:
             f"{ratio(t['photutils'], t['lsst-api']):>13s} {ratio(t['sep'], t['lsst-api']):>8s} "
             f"{ratio(t['photutils'], t['jaxmatch']):>13s} {ratio(t['sep'], t['jaxmatch']):>8s}"
         )
+    retained = [r for r in rows if r["side"] == 1024 and r["method"].endswith(" (retained)")]
+    if retained:
+        out += [
+            "",
+            "# The same with jaxmatch.retain_freed_memory() (its own worker; the baselines above)",
+            f"{'config':22s} {'engine s':>9s} {'lsst-api s':>10s} {'photutils/api':>13s} "
+            f"{'sep/api':>8s} {'api vs default':>14s} {'engine vs default':>17s}",
+        ]
+        for cfg in dict.fromkeys(r["config"] for r in retained if r["config"] != "-"):
+            eng = _min_time(rows, 1024, cfg, "jaxmatch (retained)")
+            api = _min_time(rows, 1024, cfg, "lsst-api (retained)")
+            base = {m: _min_time(rows, 1024, cfg, m) for m in ("photutils", "sep", "lsst-api")}
+            out.append(
+                f"{cfg:22s} {sec(eng):>9s} {sec(api):>10s} {ratio(base['photutils'], api):>13s} "
+                f"{ratio(base['sep'], api):>8s} {ratio(api, base['lsst-api']):>14s} "
+                f"{ratio(eng, _min_time(rows, 1024, cfg, 'jaxmatch')):>17s}"
+            )
     out += [
         "",
         "# Engine vs memory floor (min of repeats)",
@@ -382,6 +420,7 @@ def main(argv=None):
     info = machine_info()
     cases = plan_cases(args)
     env = dict(os.environ)
+    env.pop("JAXMATCH_RETAIN_FREED_MEMORY", None)  # only the headline entry that asks for it
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(args.blas_threads)
     if args.xla_flags:
@@ -404,19 +443,19 @@ def main(argv=None):
         out_path.write_text(json.dumps(result, indent=1, default=str))
 
     todo = []
-    for n, side, dtype, cfgs in cases:
+    for n, side, dtype, cfgs, flags, worker_env in cases:
         why = skip_reason(n, side, dtype, args, info["mem_available_bytes"])
         if why:
             result["skipped"].append(dict(n=n, side=side, dtype=dtype, configs=cfgs, reason=why))
         else:
-            todo.append((n, side, dtype, cfgs))
+            todo.append((n, side, dtype, cfgs, flags, worker_env))
     if result["skipped"]:
         print("# skipped:")
         for s in result["skipped"]:
             print(f"#   N={s['n']:<3d} {s['side']}² {s['dtype']}: {s['reason']}")
     print(HEADER)
     t_all = time.perf_counter()
-    for n, side, dtype, cfgs in todo:
+    for n, side, dtype, cfgs, flags, worker_env in todo:
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
             res_path = tmp.name
         cmd = [
@@ -448,14 +487,15 @@ def main(argv=None):
             cmd += ["--skip-numpy"]
         if args.no_xla_memory:
             cmd += ["--no-xla-memory"]
-        if args.headline:
-            cmd += next(c[4] for c in HEADLINE if c[:3] == (n, side, dtype))
-        elif args.workflow:
-            cmd += ["--workflow"]
+        cmd += flags
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(
-                cmd, env=env, capture_output=True, text=True, timeout=args.case_timeout
+                cmd,
+                env={**env, **worker_env},
+                capture_output=True,
+                text=True,
+                timeout=args.case_timeout,
             )
             err = None if proc.returncode == 0 else proc.stderr[-2000:]
         except subprocess.TimeoutExpired:

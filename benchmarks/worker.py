@@ -19,6 +19,10 @@ For each config, in this order, on the same arrays:
    then ``repeats`` timed calls;
 
 and once per data set the memory floor (`methods.memory_floor`).
+
+Started with ``JAXMATCH_RETAIN_FREED_MEMORY=1`` (jaxmatch then applies
+`jaxmatch.retain_freed_memory` at import), every row's method ends in
+" (retained)".
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from methods import (  # noqa: E402
 from numpy_baseline import match_numpy  # noqa: E402
 
 import jaxmatch  # noqa: E402
+from jaxmatch._allocator import applied_from_environment as RETAINED  # noqa: E402
 
 N_CHECK = 4  # exposures used for the accuracy checks
 
@@ -467,6 +472,9 @@ def main(argv=None):
         Path(args.result).write_text(json.dumps(rows))  # partial results survive a timeout
     for r in rows:
         r["load_after"] = os.getloadavg()
+        r["retained_freed_memory"] = RETAINED
+        if RETAINED:  # JAXMATCH_RETAIN_FREED_MEMORY=1: jaxmatch.retain_freed_memory() applied
+            r["method"] += " (retained)"
     Path(args.result).write_text(json.dumps(rows))
 
 

@@ -2,6 +2,10 @@
 
 # _xla_flags first: it sets XLA_FLAGS before JAX starts its backend.
 from . import _xla_flags as _xla_flags, io as io
+from ._allocator import (
+    apply_from_environment as _apply_allocator_environment,
+    retain_freed_memory as retain_freed_memory,
+)
 from ._autotune import (
     AutotuneResult as AutotuneResult,
     CandidateLoss as CandidateLoss,
@@ -76,5 +80,8 @@ from ._tuning import (
     insample_losses as insample_losses,
     tune as tune,
 )
+
+# JAXMATCH_RETAIN_FREED_MEMORY=1 (opt-in): before any computation (importing runs none).
+_apply_allocator_environment()
 
 __version__ = "0.1.0"

@@ -107,17 +107,27 @@ GLOBAL_CASES = {
     "akima_spline": dict(interpStyle="AKIMA_SPLINE"),
 }
 
+# float32 against float64, in units of σ: 0.01 (measured ≤ 0.008 on a Xeon with
+# AVX-512), except order-8 TENSOR (81 terms): its float32 rounding, amplified where
+# T_8 is steepest (the image edge, |T_8'(±1)| = 64), depends on the CPU's vector
+# width (the order of float32 sums): measured 0.008σ (Xeon, AVX-512) and 0.0125σ
+# (AMD EPYC, AVX2), both at column 127. 0.02σ is still 50× below the pixel noise
+# and below the ILL_CONDITIONED limit (0.05 of the model's statistical 1σ).
+GLOBAL_TOLERANCE = {"chebyshev8_tensor": 0.02}
 
-@pytest.mark.parametrize("fields", GLOBAL_CASES.values(), ids=GLOBAL_CASES.keys())
-def test_global_float32_equals_float64(scene, fields):
+
+@pytest.mark.parametrize("name", GLOBAL_CASES)
+def test_global_float32_equals_float64(scene, name):
     """float32 GLOBAL models equal the float64 ones within 0.01σ on every pixel
-    the data constrain (covered by the exposure and another one), with status 0,
-    and the float32 pairwise mismatch is that of float64 (to 0.01σ). Chebyshev
+    the data constrain (covered by the exposure and another one; 0.02σ for order-8
+    TENSOR, see `GLOBAL_TOLERANCE`), with status 0, and the float32 pairwise
+    mismatch is that of float64 (to the same tolerance). Chebyshev
     orders up to 8, TOTAL and TENSOR: the global ε (docs/algorithm.md §10) damps
     the modes no overlap sees, which float32 could not resolve (measured: within
     0.008σ; TENSOR 4-8 were 1-270σ apart, status 5, with the single-reference ε)."""
     planes, backgrounds, covered, sigma = scene
-    fields = {"binSize": 16, **fields}
+    fields = {"binSize": 16, **GLOBAL_CASES[name]}
+    tolerance = GLOBAL_TOLERANCE.get(name, 0.01)
     config = jm.MatchBackgroundsConfig(matchMode="GLOBAL", **fields)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -135,10 +145,10 @@ def test_global_float32_equals_float64(scene, fields):
     m64 = np.asarray(r64.model.getImage())
     mask = constrained(covered)
     for i in range(5):
-        assert np.max(np.abs(m32[i] - m64[i])[mask[i]]) <= 0.01 * sigma[i], i
+        assert np.max(np.abs(m32[i] - m64[i])[mask[i]]) <= tolerance * sigma[i], i
     w32 = worst_pair_mismatch(m32, backgrounds, covered, sigma)
     w64 = worst_pair_mismatch(m64, backgrounds, covered, sigma)
-    assert abs(w32 - w64) <= 0.01
+    assert abs(w32 - w64) <= tolerance
 
 
 def test_global_float32_equals_float64_with_64_exposures():
