@@ -46,6 +46,11 @@ SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))
 ENV_VAR = "JAXMATCH_RETAIN_FREED_MEMORY"
 
 
+def is_glibc() -> bool:
+    """Whether this process runs on Linux with glibc, whose ``mallopt`` this sets."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def _backend_started() -> bool:
     """Whether JAX has started a backend (its thread pools then exist already)."""
     try:
@@ -69,7 +74,7 @@ def retain_freed_memory() -> bool:
     Warns (`RuntimeWarning`) when JAX's backend has started already: the settings
     are then applied but do not reach the threads JAX has running.
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not is_glibc():
         return False
     path = ctypes.util.find_library("c") or "libc.so.6"
     try:

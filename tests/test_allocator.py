@@ -5,24 +5,24 @@ before JAX starts its backend.
 """
 
 import os
-import platform
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-needs_glibc = pytest.mark.skipif(not GLIBC, reason="the settings are glibc's (Linux)")
+from jaxmatch._allocator import ENV_VAR, is_glibc
+
+needs_glibc = pytest.mark.skipif(not is_glibc(), reason="the settings are glibc's (Linux)")
 
 
 def _python(code: str, *, retain: bool | None = None) -> str:
     """Run ``code`` in a fresh interpreter, warnings as errors; ``retain``: set the
     environment variable to 1 (True), 0 (False) or leave it unset (None). Returns
     stdout."""
-    env = {k: v for k, v in os.environ.items() if k != "JAXMATCH_RETAIN_FREED_MEMORY"}
+    env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
     if retain is not None:
-        env["JAXMATCH_RETAIN_FREED_MEMORY"] = "1" if retain else "0"
+        env[ENV_VAR] = "1" if retain else "0"
     run = subprocess.run(
         [sys.executable, "-W", "error", "-c", textwrap.dedent(code)],
         capture_output=True,
