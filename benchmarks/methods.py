@@ -9,6 +9,10 @@
   ``MatchBackgroundsTask.run`` → ``getImage()`` of each model as NumPy.
 - `memory_floor`: the least work any matcher must do — read every input plane
   once and write the output once — done by NumPy at memory speed.
+- `workflow_floor`: the least work any LSST-API workflow must do — the arrays
+  handed to JAX, one pass over them, the matched and model images written fresh
+  and the models read back — with a statistic and a model far simpler than any
+  config's; a bound on what the `lsst-api` row can reach.
 - `measure_memory`: peak memory of one call (tracemalloc and peak-RSS delta).
 """
 
@@ -120,6 +124,62 @@ def lsst_workflow(task, reference, exposures):
         for info in result.backgroundInfoList[1:]
     ]
     return result, images
+
+
+def workflow_floor(reference, exposures, bin_size):
+    """A lower bound on `lsst_workflow`: the same data movement, almost no compute.
+
+    ``reference``, ``exposures``: as `lsst_workflow`'s. Every plane goes to JAX
+    with ``jax.device_put`` (one copy at most: an aligned array of native byte order
+    is aliased, which only lowers the bound; an `Exposure` always owns a copy), then one compiled
+    program reads each plane once and, per science exposure, forms the mean of
+    ``ref - sci`` over the pixels unmasked in both, per ``bin_size`` cell, as a
+    piecewise-constant model (no clipping, no ``diffImVar``, no fit, no
+    interpolation), writes the matched image ``sci + model`` and the model image
+    into fresh buffers (what ``task.run`` returns), and the models are read back
+    with ``np.asarray`` (what ``getImage()`` gives). Any config of the task does
+    at least this much. Returns the model images.
+    """
+    import jax
+
+    def to_jax(a):  # native byte order first (astropy's big-endian planes: one copy)
+        return jax.device_put(np.asarray(a, a.dtype.newbyteorder("=")))
+
+    planes = [to_jax(a) for a in reference]
+    scis = [[to_jax(a) for a in planes_i] for planes_i in exposures]
+    _, models, _ = _floor_program(bin_size)(planes, scis)
+    return [np.asarray(m) for m in models]
+
+
+_FLOOR_PROGRAMS: dict = {}
+
+
+def _floor_program(bin_size):
+    """The compiled program of `workflow_floor`, one per cell size."""
+    if bin_size not in _FLOOR_PROGRAMS:
+        import jax
+        import jax.numpy as jnp
+
+        def cells(a):  # (H, W) → (H / b, b, W / b, b)
+            h, w = a.shape
+            return a.reshape(h // bin_size, bin_size, w // bin_size, bin_size)
+
+        def program(reference, exposures):
+            ref, ref_mask, ref_var = reference
+            matched, models, variance_sums = [], [], []
+            for sci, mask, var in exposures:
+                usable = (mask | ref_mask) == 0
+                total = cells(jnp.where(usable, ref - sci, 0)).sum((1, 3))
+                count = cells(usable).sum((1, 3))
+                level = total / jnp.maximum(count, 1)
+                model = jnp.repeat(jnp.repeat(level, bin_size, 0), bin_size, 1)
+                matched.append(sci + model)
+                models.append(model)
+                variance_sums.append((var + ref_var).sum())  # the variance planes read once
+            return matched, models, variance_sums
+
+        _FLOOR_PROGRAMS[bin_size] = jax.jit(program)
+    return _FLOOR_PROGRAMS[bin_size]
 
 
 def memory_floor(ref_image, sci_image, sci_mask, sci_var, *, out):

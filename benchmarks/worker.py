@@ -18,7 +18,9 @@ For each config, in this order, on the same arrays:
    arrays → Exposures → ``task.run`` → ``getImage()`` of each), first call apart,
    then ``repeats`` timed calls;
 
-and once per data set the memory floor (`methods.memory_floor`).
+and once per data set the memory floor (`methods.memory_floor`) and, with
+``--workflow``, the workflow floor (`methods.workflow_floor`: the LSST-API
+workflow's data movement with next to no compute, a bound on what it can reach).
 
 Started with ``JAXMATCH_RETAIN_FREED_MEMORY=1`` (jaxmatch then applies
 `jaxmatch.retain_freed_memory` at import), every row's method ends in
@@ -40,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from configs import CONFIGS, make_config  # noqa: E402
+from configs import CONFIGS, GRID_BINS, make_config  # noqa: E402
 from data import make_case  # noqa: E402
 from methods import (  # noqa: E402
     image_floor,
@@ -50,6 +52,7 @@ from methods import (  # noqa: E402
     photutils_loop,
     sep_loop,
     time_runs,
+    workflow_floor,
 )
 from numpy_baseline import match_numpy  # noqa: E402
 
@@ -410,7 +413,48 @@ def run_floor(case, args, pix):
                 mpix_per_s=pix / s["median_s"] / 1e6,
             )
         )
+    if args.workflow:
+        rows += _workflow_floor_rows(case, args, pix)
     return rows
+
+
+def _workflow_floor_rows(case, args, pix):
+    """`methods.workflow_floor` on plain NumPy copies of the inputs, as the workflow
+    row gets them; its first call (compilation) untimed. None where the cell size
+    does not divide the side (the floor's model is whole cells)."""
+    side = case.sci_image.shape[-1]
+    bin_size = args.bin_size or max(side // GRID_BINS, 1)
+    if side % bin_size or case.sci_image.shape[-2] % bin_size:
+        return []
+    reference = tuple(np.array(a) for a in (case.ref_image, case.ref_mask, case.ref_var))
+    exposures = [
+        tuple(np.array(a[i]) for a in (case.sci_image, case.sci_mask, case.sci_var))
+        for i in range(case.n)
+    ]
+
+    def fn():
+        return workflow_floor(reference, exposures, bin_size)
+
+    fn()
+    times, rss, how = time_runs(fn, max(args.repeats, 3), max_total_s=args.max_time)
+    s = _summary(times)
+    # Planes read once (17 images, masks, variances), 2 N planes written, N read back.
+    nbytes = sum(a.nbytes for a in reference) + sum(a.nbytes for e in exposures for a in e)
+    nbytes += 3 * case.sci_image.nbytes
+    return [
+        dict(
+            config="-",
+            method="workflow-floor",
+            compile_s=None,
+            **s,
+            bytes_moved=nbytes,
+            gb_per_s=nbytes / s["median_s"] / 1e9,
+            rss_peak_bytes=rss,
+            rss_method=how,
+            tracemalloc_peak_bytes=None,
+            mpix_per_s=pix / s["median_s"] / 1e6,
+        )
+    ]
 
 
 def main(argv=None):
