@@ -314,15 +314,22 @@ def _baseline_row(case, base, method, loop, config, bits_r, bits_s, out, jax_mod
     )
 
 
-def _workflow_row(case, base, config, jax_models, n_check, args):
-    """`methods.lsst_workflow` on plain NumPy copies of the inputs (a user's arrays:
-    not the buffers JAX already holds), its first call (compilations) timed apart."""
-    task = jaxmatch.MatchBackgroundsTask(config=config)
+def _user_planes(case):
+    """The reference's and each science exposure's ``(image, mask, variance)`` as
+    plain NumPy copies: a user's arrays, not the buffers JAX already holds."""
     reference = tuple(np.array(a) for a in (case.ref_image, case.ref_mask, case.ref_var))
     exposures = [
         tuple(np.array(a[i]) for a in (case.sci_image, case.sci_mask, case.sci_var))
         for i in range(case.n)
     ]
+    return reference, exposures
+
+
+def _workflow_row(case, base, config, jax_models, n_check, args):
+    """`methods.lsst_workflow` on plain NumPy copies of the inputs (a user's arrays:
+    not the buffers JAX already holds), its first call (compilations) timed apart."""
+    task = jaxmatch.MatchBackgroundsTask(config=config)
+    reference, exposures = _user_planes(case)
 
     def fn():
         return lsst_workflow(task, reference, exposures)
@@ -420,17 +427,13 @@ def run_floor(case, args, pix):
 
 def _workflow_floor_rows(case, args, pix):
     """`methods.workflow_floor` on plain NumPy copies of the inputs, as the workflow
-    row gets them; its first call (compilation) untimed. None where the cell size
-    does not divide the side (the floor's model is whole cells)."""
+    row gets them; its first call (compilation) untimed. Where the cell size
+    does not divide the side (the floor's model is whole cells): no row."""
     side = case.sci_image.shape[-1]
     bin_size = args.bin_size or max(side // GRID_BINS, 1)
     if side % bin_size or case.sci_image.shape[-2] % bin_size:
         return []
-    reference = tuple(np.array(a) for a in (case.ref_image, case.ref_mask, case.ref_var))
-    exposures = [
-        tuple(np.array(a[i]) for a in (case.sci_image, case.sci_mask, case.sci_var))
-        for i in range(case.n)
-    ]
+    reference, exposures = _user_planes(case)
 
     def fn():
         return workflow_floor(reference, exposures, bin_size)
