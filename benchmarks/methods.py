@@ -130,9 +130,10 @@ def workflow_floor(reference, exposures, bin_size):
     """A lower bound on `lsst_workflow`: the same data movement, almost no compute.
 
     ``reference``, ``exposures``: as `lsst_workflow`'s. Every plane goes to JAX
-    with ``jax.device_put`` (one copy at most: an aligned array of native byte order
-    is aliased, which only lowers the bound; an `Exposure` always owns a copy), then one compiled
-    program reads each plane once and, per science exposure, forms the mean of
+    with ``jax.device_put`` (one copy at most: an aligned array of native byte
+    order is aliased, which only lowers the bound; an `Exposure` always owns a
+    copy), then one compiled program reads each plane once and, per science
+    exposure, forms the mean of
     ``ref - sci`` over the pixels unmasked in both, per ``bin_size`` cell, as a
     piecewise-constant model (no clipping, no ``diffImVar``, no fit, no
     interpolation), writes the matched image ``sci + model`` and the model image
