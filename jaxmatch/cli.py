@@ -51,7 +51,9 @@ outputs that collide, an ``--out`` or ``--table`` folder that cannot be written;
 the file.
 
 In Python, ``jaxmatch.cli.main(["match", ...])`` returns the exit status (it never
-calls ``sys.exit``) and `jaxmatch._filematch.match_files` does the same work and
+calls ``sys.exit``; ``--float64`` enables JAX's float64 for that call only, and the
+caller's setting is restored on return: a survey worker or a notebook keeps its
+own precision) and `jaxmatch._filematch.match_files` does the same work and
 returns a `MatchReport`.
 """
 # pyright: reportArgumentType=false, reportAttributeAccessIssue=false, reportCallIssue=false
@@ -85,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import jax
+
+    x64 = jax.config.jax_enable_x64
     try:
         config = _config(args)
         return args.func(args, config)
@@ -97,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("jaxmatch: interrupted", file=sys.stderr)
         return 130
+    finally:
+        # `--float64` is this command's precision, not the calling process's.
+        if jax.config.jax_enable_x64 != x64:
+            jax.config.update("jax_enable_x64", x64)
 
 
 def _error(err: BaseException) -> None:

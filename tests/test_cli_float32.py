@@ -11,6 +11,7 @@ than 1e-3 σ, so 0.01 σ leaves margin yet fails for any real float32 defect (an
 unshifted variance, a squared condition number), which shows as ≳ 0.1 σ.
 """
 
+import jax
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -70,3 +71,22 @@ def test_cli_float32_equals_float64(tmp_path, patch_files):
             assert diff.max() <= 0.01 * sigma, (name, diff.max() / sigma)
             compared += 1
     assert compared == 8  # 4 matched and 4 model images (the reference: a zero model)
+
+
+def test_float64_option_is_the_commands_precision_only(tmp_path, patch_files):
+    # In a process computing in float32 (JAX's default; this suite enables x64
+    # globally, so it is switched off here), `cli.main([..., "--float64"])` writes
+    # float64 images and leaves the process in float32: a survey worker runs
+    # patch after patch in one process, and a notebook keeps its own precision.
+    folder, _ = patch_files
+    jax.config.update("jax_enable_x64", False)
+    try:
+        _run(
+            folder, tmp_path / "f64", "--float64", "--set", "usePolynomial=True", "--set", "order=4"
+        )
+        assert not jax.config.jax_enable_x64
+        with fits.open(tmp_path / "f64" / "warp 1.fits") as hdus:
+            image = next(h for h in hdus if h.data is not None)
+            assert image.data.dtype == np.dtype(">f8")  # the command did run in float64
+    finally:
+        jax.config.update("jax_enable_x64", True)
