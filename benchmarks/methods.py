@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import functools
 import resource
 import time
 import tracemalloc
@@ -152,35 +153,31 @@ def workflow_floor(reference, exposures, bin_size):
     return [np.asarray(m) for m in models]
 
 
-_FLOOR_PROGRAMS: dict = {}
-
-
+@functools.cache
 def _floor_program(bin_size):
     """The compiled program of `workflow_floor`, one per cell size."""
-    if bin_size not in _FLOOR_PROGRAMS:
-        import jax
-        import jax.numpy as jnp
+    import jax
+    import jax.numpy as jnp
 
-        def cells(a):  # (H, W) → (H / b, b, W / b, b)
-            h, w = a.shape
-            return a.reshape(h // bin_size, bin_size, w // bin_size, bin_size)
+    def cells(a):  # (H, W) → (H / b, b, W / b, b)
+        h, w = a.shape
+        return a.reshape(h // bin_size, bin_size, w // bin_size, bin_size)
 
-        def program(reference, exposures):
-            ref, ref_mask, ref_var = reference
-            matched, models, variance_sums = [], [], []
-            for sci, mask, var in exposures:
-                usable = (mask | ref_mask) == 0
-                total = cells(jnp.where(usable, ref - sci, 0)).sum((1, 3))
-                count = cells(usable).sum((1, 3))
-                level = total / jnp.maximum(count, 1)
-                model = jnp.repeat(jnp.repeat(level, bin_size, 0), bin_size, 1)
-                matched.append(sci + model)
-                models.append(model)
-                variance_sums.append((var + ref_var).sum())  # the variance planes read once
-            return matched, models, variance_sums
+    def program(reference, exposures):
+        ref, ref_mask, ref_var = reference
+        matched, models, variance_sums = [], [], []
+        for sci, mask, var in exposures:
+            usable = (mask | ref_mask) == 0
+            total = cells(jnp.where(usable, ref - sci, 0)).sum((1, 3))
+            count = cells(usable).sum((1, 3))
+            level = total / jnp.maximum(count, 1)
+            model = jnp.repeat(jnp.repeat(level, bin_size, 0), bin_size, 1)
+            matched.append(sci + model)
+            models.append(model)
+            variance_sums.append((var + ref_var).sum())  # the variance planes read once
+        return matched, models, variance_sums
 
-        _FLOOR_PROGRAMS[bin_size] = jax.jit(program)
-    return _FLOOR_PROGRAMS[bin_size]
+    return jax.jit(program)
 
 
 def memory_floor(ref_image, sci_image, sci_mask, sci_var, *, out):
